@@ -1,0 +1,13 @@
+"""Per-rank strategy adapters: validate, freeze, apply phase plans, restore checkpoints, check replicas."""
+
+from fts_dist.adapters.base import CheckpointRestoreError, ReplicaMismatchError, StrategyAdapter
+from fts_dist.adapters.registry import register_adapter, resolve_adapter, supported_strategies
+
+__all__ = [
+    "CheckpointRestoreError",
+    "ReplicaMismatchError",
+    "StrategyAdapter",
+    "register_adapter",
+    "resolve_adapter",
+    "supported_strategies",
+]

@@ -1,0 +1,71 @@
+"""Optimizer parameter groups and LR schedulers kept in step as phases add groups."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.optim.lr_scheduler import (
+    CosineAnnealingLR,
+    ExponentialLR,
+    LambdaLR,
+    MultiStepLR,
+    ReduceLROnPlateau,
+    StepLR,
+)
+
+from fts_dist.errors import FTSConfigError
+
+SUPPORTED_LR_SCHEDULERS: tuple[type[Any], ...] = (
+    StepLR,
+    MultiStepLR,
+    ExponentialLR,
+    CosineAnnealingLR,
+    LambdaLR,
+    ReduceLROnPlateau,
+)
+
+
+def check_lr_scheduler_supported(scheduler: Any) -> None:
+    """Refuse a scheduler whose per-group state fts_dist does not know how to extend."""
+    if not isinstance(scheduler, SUPPORTED_LR_SCHEDULERS):
+        names = ", ".join(cls.__name__ for cls in SUPPORTED_LR_SCHEDULERS)
+        raise FTSConfigError(
+            f"LR scheduler {type(scheduler).__name__} is not supported: each phase adds an optimizer parameter "
+            f"group and fts_dist extends only these schedulers' per-group state: {names} (or subclasses). "
+            "Use one of them in `configure_optimizers`.",
+            key="lr_scheduler",
+        )
+
+
+def add_param_group(
+    optimizer: torch.optim.Optimizer, params: Sequence[torch.nn.Parameter], lr: float, schedulers: Sequence[Any]
+) -> None:
+    """Append one group at ``lr`` (other options from the optimizer's defaults) and extend each scheduler."""
+    optimizer.add_param_group({"params": list(params), "lr": lr, "initial_lr": lr})
+    for scheduler in schedulers:
+        for name, value in _per_group_lists(scheduler).items():
+            # a new group takes the first group's floor and the last group's lambda, its own base lr
+            value.append(lr if name in ("base_lrs", "_last_lr") else value[0 if name == "min_lrs" else -1])
+
+
+def truncate_param_groups(optimizer: torch.optim.Optimizer, count: int, schedulers: Sequence[Any]) -> None:
+    """Drop the groups past ``count`` (and their optimizer state and scheduler entries)."""
+    for group in optimizer.param_groups[count:]:
+        for param in group["params"]:
+            optimizer.state.pop(param, None)
+    del optimizer.param_groups[count:]
+    for scheduler in schedulers:
+        for value in _per_group_lists(scheduler).values():
+            del value[count:]
+
+
+def params_in_optimizer(optimizer: torch.optim.Optimizer) -> set[int]:
+    return {id(p) for group in optimizer.param_groups for p in group["params"]}
+
+
+def _per_group_lists(scheduler: Any) -> dict[str, list[Any]]:
+    """The scheduler attributes holding one entry per optimizer group."""
+    names = ("base_lrs", "_last_lr", "min_lrs", "lr_lambdas")
+    return {name: getattr(scheduler, name) for name in names if isinstance(getattr(scheduler, name, None), list)}

@@ -1,0 +1,56 @@
+"""FTSCheckpoint: a ModelCheckpoint that knows at which fine-tuning depth each best checkpoint was taken."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch import Tensor
+
+
+class FTSCheckpoint(ModelCheckpoint):
+    """A :class:`~pytorch_lightning.callbacks.ModelCheckpoint` that tracks the best checkpoint across phases.
+
+    ``best_model_path`` is the checkpoint the :class:`~fts_dist.FinetuningScheduler` restores at a transition
+    (``restore_best=True``); ``best_ckpt_depth`` is the depth at which it was written and ``current_ckpt_depth``
+    the depth of the latest save. Both survive a restart. Saving happens after validation unless
+    ``save_on_train_epoch_end=True``. Arguments are ModelCheckpoint's.
+
+    Example::
+
+        from pytorch_lightning import Trainer
+        from fts_dist import FinetuningScheduler, FTSCheckpoint
+        trainer = Trainer(callbacks=[FinetuningScheduler(), FTSCheckpoint(monitor="val_loss", save_last=True)])
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.current_ckpt_depth = 0
+        self.best_ckpt_depth = 0
+        self.depth_source: Callable[[], int] = lambda: 0
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._save_on_train_epoch_end is None:
+            self._save_on_train_epoch_end = False  # checkpoint on validation metrics
+        super().setup(trainer, pl_module, stage)
+
+    def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Tensor]) -> None:
+        best_before = self.best_model_path
+        self.current_ckpt_depth = self.depth_source()
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+        if self.best_model_path != best_before:
+            self.best_ckpt_depth = self.current_ckpt_depth
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "current_ckpt_depth": self.current_ckpt_depth,
+            "best_ckpt_depth": self.best_ckpt_depth,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.current_ckpt_depth = int(state_dict.get("current_ckpt_depth", 0))
+        self.best_ckpt_depth = int(state_dict.get("best_ckpt_depth", 0))

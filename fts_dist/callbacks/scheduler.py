@@ -1,0 +1,279 @@
+"""FinetuningScheduler: the Lightning callback that runs a multi-phase fine-tuning schedule."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+
+from fts_dist.adapters import StrategyAdapter, resolve_adapter
+from fts_dist.callbacks.checkpoint import FTSCheckpoint
+from fts_dist.callbacks.dependencies import ensure_callbacks
+from fts_dist.callbacks.early_stopping import FTSEarlyStopping
+from fts_dist.callbacks.schedule_setup import build_schedule
+from fts_dist.coordinator import PhasePlan, ScheduleCoordinator, TransitionSignals, should_transition
+from fts_dist.errors import FTSConfigError
+from fts_dist.schedule import Schedule, schedule_file_name
+
+DEPTH_METRIC = "finetuning_depth"
+
+
+class FinetuningScheduler(Callback):
+    """Runs scheduled fine-tuning (gradual unfreezing) of a LightningModule, identically on every rank.
+
+    Phase 0's parameters train from the first step; at each transition the best checkpoint so far is restored
+    (``restore_best``), the next phase's parameters thaw, and they join the optimizer as a new parameter group at
+    the phase's learning rate. A phase ends when :class:`FTSEarlyStopping` runs out of patience or at its
+    ``max_transition_epoch``, whichever comes first (or only the latter with ``epoch_transitions_only``); the run
+    ends when the last phase's criteria are met. Rank 0 makes every decision and broadcasts it.
+
+    Args:
+        ft_schedule: a schedule YAML path or dict in finetuning-scheduler's format; ``None`` generates the
+            implicit schedule (two parameters per phase from the top) and writes it to
+            ``Trainer.log_dir/<ModuleClass>_ft_schedule.yaml``.
+        max_depth: the last phase to run; -1 (or beyond the schedule) runs all of it.
+        base_max_lr: learning rate of phases that set no ``lr``; ``None`` uses a tenth of phase 0's.
+        restore_best: restore the best checkpoint (per :class:`FTSCheckpoint`) at every transition.
+        gen_ft_sched_only: write the implicit schedule and exit (``SystemExit(0)``) before any training step.
+        epoch_transitions_only: end phases only at their ``max_transition_epoch`` (every phase needs one).
+        allow_untested: run on a strategy without an fts_dist adapter, with a warning.
+        check_replicas: after each transition, compare trainable sets and weight checksums across ranks.
+
+    Example::
+
+        from pytorch_lightning import Trainer
+        from fts_dist import FinetuningScheduler
+        trainer = Trainer(callbacks=[FinetuningScheduler(ft_schedule="my_schedule.yaml")])
+        trainer.fit(model)
+    """
+
+    def __init__(
+        self,
+        ft_schedule: str | os.PathLike[str] | dict[Any, Any] | None = None,
+        max_depth: int = -1,
+        base_max_lr: float | None = 1e-5,
+        restore_best: bool = True,
+        gen_ft_sched_only: bool = False,
+        epoch_transitions_only: bool = False,
+        *,
+        allow_untested: bool = False,
+        check_replicas: bool = True,
+    ) -> None:
+        if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < -1:
+            raise FTSConfigError(f"`max_depth` must be an integer >= -1 (-1: whole schedule), got {max_depth!r}.",
+                                 key="max_depth")
+        if base_max_lr is not None and not (isinstance(base_max_lr, int | float) and base_max_lr > 0):
+            raise FTSConfigError(f"`base_max_lr` must be a positive number or None, got {base_max_lr!r}.",
+                                 key="base_max_lr")
+        self.ft_schedule = ft_schedule
+        self.max_depth = max_depth
+        self.base_max_lr = base_max_lr
+        self.restore_best = restore_best
+        self.gen_ft_sched_only = gen_ft_sched_only
+        self.epoch_transitions_only = epoch_transitions_only
+        self.allow_untested = allow_untested
+        self.check_replicas = check_replicas
+        self.coordinator: ScheduleCoordinator | None = None
+        self.adapter: StrategyAdapter | None = None
+        self.early_stopping: FTSEarlyStopping | None = None
+        self.checkpoint: FTSCheckpoint | None = None
+        self._loaded_state: dict[str, Any] | None = None
+        self._trainer_ref: pl.Trainer | None = None
+
+    # -- public API of the original callback -------------------------------------------------------------------
+    @property
+    def curr_depth(self) -> int:
+        """Index of the phase currently training."""
+        return self.coordinator.depth if self.coordinator else 0
+
+    @property
+    def depth_remaining(self) -> int:
+        """Number of phases still to run after the current one."""
+        return self.coordinator.depth_remaining if self.coordinator else 0
+
+    @property
+    def schedule(self) -> Schedule:
+        """The resolved schedule (exact parameter names) this run executes."""
+        return self._coordinator.schedule
+
+    def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
+        """Freeze every parameter but phase 0's."""
+        self._adapter.freeze(pl_module, self.schedule[0].params)
+
+    def should_transition(self, trainer: pl.Trainer) -> bool:
+        """Whether the current phase's criteria are met at this epoch (this rank's view; rank 0's decides)."""
+        coordinator = self._coordinator
+        signals = TransitionSignals(trainer.current_epoch, self._es_phase_complete())
+        return should_transition(
+            coordinator.schedule, coordinator.depth, coordinator.max_depth, signals, self.epoch_transitions_only
+        )
+
+    def step(self) -> None:
+        """Move to the next phase now (collective): restore the best checkpoint if configured, thaw, add groups."""
+        trainer = self._trainer
+        signals = TransitionSignals(trainer.current_epoch, es_phase_complete=True)
+        plan = self._coordinator.decide(signals, self._best_checkpoint(), force=True)
+        if plan is not None:
+            self._apply(plan, trainer)
+
+    def step_pg(self, optimizer: Any, depth: int, depth_sync: bool = True) -> None:
+        """Thaw phases up to ``depth`` and give each an optimizer group (groups are always kept in sync)."""
+        if optimizer is not self._trainer.optimizers[0]:
+            raise FTSConfigError("step_pg() applies to the trainer's optimizer only.", key="optimizer")
+        self._adapter.apply_plan(self._coordinator.resume_plan(self._trainer.current_epoch, depth), self._trainer)
+
+    def restore_best_ckpt(self) -> None:
+        """Restore the best checkpoint's weights and optimizer state, keeping the current phase's groups."""
+        path = self._best_checkpoint()
+        if path is None:
+            rank_zero_warn("fts_dist: no best checkpoint has been written yet; nothing restored.")
+            return
+        plan = self._coordinator.resume_plan(self._trainer.current_epoch)
+        self._adapter.apply_plan(PhasePlan(**{**plan.__dict__, "restore_checkpoint": path}), self._trainer)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.coordinator.state_dict() if self.coordinator else dict(self._loaded_state or {})
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loaded_state = dict(state_dict)
+        if self.coordinator:
+            self._load_coordinator_state()
+
+    # -- Lightning hooks ---------------------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        self._trainer_ref = trainer
+        self.early_stopping, self.checkpoint = ensure_callbacks(
+            trainer, pl_module, stage, need_early_stopping=not (self.epoch_transitions_only or self.gen_ft_sched_only)
+        )
+        self.adapter = resolve_adapter(trainer.strategy, self.allow_untested)
+        self.adapter.validate_strategy(trainer)
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        source = None if self.gen_ft_sched_only else self.ft_schedule  # gen-only always writes the implicit one
+        resolved = build_schedule(source, pl_module, log_dir, self.adapter.comm, self.epoch_transitions_only)
+        if self.gen_ft_sched_only:
+            written = log_dir / schedule_file_name(type(pl_module).__name__)
+            rank_zero_info(f"fts_dist: wrote {written}; exiting before training (gen_ft_sched_only=True).")
+            raise SystemExit(0)
+        if resolved.unscheduled:
+            rank_zero_warn(f"fts_dist: {len(resolved.unscheduled)} parameter(s) are in no phase and stay frozen: "
+                           f"{list(resolved.unscheduled)}")
+        self._check_restore_best(self.checkpoint)
+        self.coordinator = ScheduleCoordinator(
+            resolved.schedule,
+            max_depth=self.max_depth,
+            base_max_lr=self.base_max_lr,
+            epoch_transitions_only=self.epoch_transitions_only,
+            restore_best=self.restore_best,
+            comm=self.adapter.comm,
+        )
+        if self._loaded_state:
+            self._load_coordinator_state()
+        self.checkpoint.depth_source = lambda: self.curr_depth
+        self._sync_max_epochs(trainer)
+        self.freeze_before_training(pl_module)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        adapter, coordinator = self._adapter, self._coordinator
+        adapter.validate_optimizers(trainer, coordinator.schedule[0].params)
+        coordinator.bind_phase0_lr(float(trainer.optimizers[0].param_groups[0]["lr"]))
+        if coordinator.depth > 0:  # resumed mid-schedule: rebuild groups before Lightning loads optimizer state
+            adapter.apply_plan(coordinator.resume_plan(trainer.current_epoch), trainer)
+            rank_zero_info(f"fts_dist: resumed at phase {coordinator.depth} of {coordinator.max_depth}.")
+        self._update_final_phase()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        signals = TransitionSignals(trainer.current_epoch, self._es_phase_complete())
+        plan = self._coordinator.decide(signals, self._best_checkpoint())
+        if plan is not None:
+            self._apply(plan, trainer)
+        self._log_depth(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        starts = self._coordinator.state.phase_start_epochs
+        summary = ", ".join(f"phase {d} from epoch {e}" for d, e in enumerate(starts))
+        rank_zero_info(f"fts_dist: fine-tuning ended at phase {self.curr_depth} ({summary}).")
+
+    # -- internals ---------------------------------------------------------------------------------------------
+    def _apply(self, plan: PhasePlan, trainer: pl.Trainer) -> None:
+        adapter = self._adapter
+        adapter.apply_plan(plan, trainer)
+        if self.early_stopping is not None:
+            self.early_stopping.reset_phase()
+        self._update_final_phase()
+        module = trainer.lightning_module
+        if self.check_replicas:
+            adapter.check_consistency(module, plan.depth)
+        trainable = [p for p in module.parameters() if p.requires_grad]
+        restored = f"restored '{plan.restore_checkpoint}'" if plan.restore_checkpoint else "no checkpoint restored"
+        rank_zero_info(
+            f"fts_dist: phase {plan.depth} of {self._coordinator.max_depth} begins at epoch {plan.epoch}: "
+            f"{sum(p.numel() for p in trainable):,} trainable parameters in {len(trainable)} tensors, "
+            f"{len(trainer.optimizers[0].param_groups)} optimizer groups, {restored}."
+        )
+
+    def _update_final_phase(self) -> None:
+        if self.early_stopping is not None:
+            self.early_stopping.final_phase = self._coordinator.in_final_phase
+
+    def _es_phase_complete(self) -> bool:
+        return bool(self.early_stopping and self.early_stopping.es_phase_complete)
+
+    def _best_checkpoint(self) -> str | None:
+        return (self.checkpoint.best_model_path or None) if self.checkpoint else None
+
+    def _check_restore_best(self, checkpoint: FTSCheckpoint) -> None:
+        if self.restore_best and (not checkpoint.save_top_k or not checkpoint.monitor):
+            raise FTSConfigError(
+                "restore_best=True needs an FTSCheckpoint that keeps a best checkpoint, but it has "
+                f"monitor={checkpoint.monitor!r}, save_top_k={checkpoint.save_top_k!r}. Give it a `monitor` and "
+                "save_top_k >= 1, or set restore_best=False.",
+                key="restore_best",
+            )
+
+    def _sync_max_epochs(self, trainer: pl.Trainer) -> None:
+        """A last phase with its own ``max_transition_epoch`` runs until at least that epoch (the original's rule)."""
+        coordinator = self._coordinator
+        final_epoch = coordinator.schedule[coordinator.max_depth].max_transition_epoch
+        if final_epoch >= 0 and trainer.fit_loop.max_epochs is not None and final_epoch > trainer.fit_loop.max_epochs:
+            rank_zero_warn(f"fts_dist: raising max_epochs to {final_epoch}, the last phase's max_transition_epoch.")
+            trainer.fit_loop.max_epochs = final_epoch
+
+    def _load_coordinator_state(self) -> None:
+        assert self._loaded_state is not None
+        coordinator = self._coordinator
+        saved_schedule = self._loaded_state.get("schedule")
+        if saved_schedule is not None and saved_schedule != coordinator.schedule.to_dict():
+            rank_zero_warn("fts_dist: the schedule differs from the one saved in the checkpoint; resuming with "
+                           "the new schedule at the saved depth.")
+        coordinator.load_state_dict(self._loaded_state)
+
+    @rank_zero_only
+    def _log_depth(self, trainer: pl.Trainer) -> None:
+        for logger in trainer.loggers:
+            logger.log_metrics({DEPTH_METRIC: float(self.curr_depth)}, step=trainer.global_step)
+
+    @property
+    def _coordinator(self) -> ScheduleCoordinator:
+        if self.coordinator is None:
+            raise RuntimeError("FinetuningScheduler is not set up yet: call Trainer.fit first.")
+        return self.coordinator
+
+    @property
+    def _adapter(self) -> StrategyAdapter:
+        if self.adapter is None:
+            raise RuntimeError("FinetuningScheduler is not set up yet: call Trainer.fit first.")
+        return self.adapter
+
+    @property
+    def _trainer(self) -> pl.Trainer:
+        trainer = self._trainer_ref
+        if trainer is None:
+            raise RuntimeError("FinetuningScheduler is not set up yet: call Trainer.fit first.")
+        return trainer

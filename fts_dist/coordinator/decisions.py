@@ -1,0 +1,77 @@
+"""Pure transition logic: from schedule, depth and this epoch's signals to a phase plan or nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fts_dist.schedule import Schedule
+
+
+@dataclass(frozen=True)
+class TransitionSignals:
+    """What the Lightning hooks observed, reduced to rank 0, at the start of a training epoch."""
+
+    epoch: int
+    es_phase_complete: bool = False
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    """Everything every rank needs to enter phase ``depth``; small and picklable so rank 0 can broadcast it.
+
+    ``phase_params[d]`` and ``phase_lrs[d]`` describe phase ``d`` for ``d`` in ``0..depth``; adapters thaw the
+    phases not yet thawed and add an optimizer group for each phase the optimizer lacks. ``phase_lrs[0]`` is
+    unused: phase 0's groups come from the module's own ``configure_optimizers``.
+    """
+
+    depth: int
+    epoch: int
+    phase_params: tuple[tuple[str, ...], ...]
+    phase_lrs: tuple[float, ...]
+    restore_checkpoint: str | None = None
+
+    @property
+    def new_params(self) -> tuple[str, ...]:
+        return self.phase_params[self.depth]
+
+
+def effective_max_depth(schedule: Schedule, max_depth: int) -> int:
+    """``max_depth`` of -1, or beyond the schedule, means the whole schedule."""
+    return schedule.final_depth if max_depth < 0 or max_depth > schedule.final_depth else max_depth
+
+
+def should_transition(
+    schedule: Schedule, depth: int, max_depth: int, signals: TransitionSignals, epoch_transitions_only: bool
+) -> bool:
+    """Whether the phase at ``depth`` ends before the epoch in ``signals`` starts.
+
+    Phase ``depth`` ends when its ``max_transition_epoch`` is reached (``0 <= max_transition_epoch <= epoch``)
+    or, unless ``epoch_transitions_only``, when early stopping judged it complete. The last phase never
+    transitions: early stopping or ``max_epochs`` end the run there.
+    """
+    if depth >= effective_max_depth(schedule, max_depth):
+        return False
+    epoch_due = 0 <= schedule[depth].max_transition_epoch <= signals.epoch
+    if epoch_transitions_only:
+        return epoch_due
+    return epoch_due or signals.es_phase_complete
+
+
+def phase_learning_rates(schedule: Schedule, base_max_lr: float | None, phase0_lr: float) -> tuple[float, ...]:
+    """Initial learning rate of each phase's new optimizer group: the schedule's ``lr``, else ``base_max_lr``,
+    else (``base_max_lr=None``) a tenth of phase 0's optimizer learning rate, as in the original project."""
+    default = base_max_lr if base_max_lr is not None else phase0_lr * 0.1
+    return tuple(phase0_lr if d == 0 else (p.lr if p.lr is not None else default) for d, p in enumerate(schedule.phases))
+
+
+def build_plan(
+    schedule: Schedule, depth: int, epoch: int, lrs: tuple[float, ...], restore_checkpoint: str | None
+) -> PhasePlan:
+    """The plan that brings any rank to ``depth`` (from any lower depth)."""
+    return PhasePlan(
+        depth=depth,
+        epoch=epoch,
+        phase_params=tuple(schedule[d].params for d in range(depth + 1)),
+        phase_lrs=lrs[: depth + 1],
+        restore_checkpoint=restore_checkpoint,
+    )

@@ -1,0 +1,17 @@
+"""Pure schedule data: parsing, validation, resolution against parameter names and implicit generation."""
+
+from fts_dist.schedule.implicit import generate_implicit_schedule
+from fts_dist.schedule.io import dump_schedule, load_schedule_file, schedule_file_name
+from fts_dist.schedule.model import Phase, Schedule
+from fts_dist.schedule.resolve import ResolvedSchedule, resolve_schedule
+
+__all__ = [
+    "Phase",
+    "ResolvedSchedule",
+    "Schedule",
+    "dump_schedule",
+    "generate_implicit_schedule",
+    "load_schedule_file",
+    "resolve_schedule",
+    "schedule_file_name",
+]
