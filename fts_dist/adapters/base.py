@@ -62,7 +62,7 @@ class StrategyAdapter:
             checkpoint = self.strategy.load_checkpoint(path)
             self.strategy.load_model_state_dict(checkpoint, strict=True)
             optimizer_state = checkpoint["optimizer_states"][0]
-        except Exception as err:  # noqa: BLE001 - any failure here means the same thing to the user
+        except Exception as err:
             raise CheckpointRestoreError(
                 f"Cannot restore the best checkpoint '{path}' at a phase transition: {type(err).__name__}: {err}. "
                 "The file is left as it is; resume from the last checkpoint, or set `restore_best=False`."
@@ -102,8 +102,10 @@ class StrategyAdapter:
             )
         missing = [n for n, p in module.named_parameters() if n in phase0 and id(p) not in held]
         if missing:
-            rank_zero_warn(f"Phase 0 thaws {missing[:3]} (and {max(len(missing) - 3, 0)} more) but the optimizer "
-                           "does not hold them, so they will not train in phase 0.")
+            rank_zero_warn(
+                f"Phase 0 thaws {missing[:3]} (and {max(len(missing) - 3, 0)} more) but the optimizer "
+                "does not hold them, so they will not train in phase 0."
+            )
 
     # -- transitions -------------------------------------------------------------------------------------------
     def apply_plan(self, plan: PhasePlan, trainer: pl.Trainer) -> None:

@@ -24,10 +24,9 @@ def register_adapter(strategy_cls: type[pl.strategies.Strategy], adapter_cls: ty
 
     Example::
 
-        >>> from pytorch_lightning.strategies import DDPStrategy
-        >>> from fts_dist.adapters import DDPAdapter
-        >>> class MyDDP(DDPStrategy): ...
-        >>> register_adapter(MyDDP, DDPAdapter)
+        >>> from pytorch_lightning.strategies import SingleDeviceStrategy
+        >>> class MyStrategy(SingleDeviceStrategy): ...
+        >>> register_adapter(MyStrategy, StrategyAdapter)
     """
     _ADAPTERS[strategy_cls] = adapter_cls
 

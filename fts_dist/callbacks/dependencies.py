@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -38,7 +39,7 @@ def ensure_callbacks(
     warning; a missing one is added with ``monitor="val_loss"``. An EarlyStopping given with
     ``epoch_transitions_only`` is removed, with a warning. Added callbacks get their ``setup`` call.
     """
-    callbacks: list[Callback] = list(trainer.callbacks)
+    callbacks: list[Callback] = list(trainer.callbacks)  # type: ignore[attr-defined]
     added: list[Callback] = []
     early_stopping = next((c for c in callbacks if isinstance(c, FTSEarlyStopping)), None)
     plain_es = [c for c in callbacks if isinstance(c, EarlyStopping) and not isinstance(c, FTSEarlyStopping)]
@@ -61,22 +62,24 @@ def ensure_callbacks(
 
     callbacks.extend(added)
     # checkpoints save last, after early stopping has judged the epoch (Lightning's own ordering rule)
-    trainer.callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)] + [
-        c for c in callbacks if isinstance(c, ModelCheckpoint)
-    ]
+    others = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+    trainer.callbacks = others + [c for c in callbacks if isinstance(c, ModelCheckpoint)]  # type: ignore[attr-defined]
     for callback in added:
         callback.setup(trainer, pl_module, stage)
     return early_stopping, checkpoint
 
 
-def _carried_settings(plain: list[Callback], arg_to_attr: dict[str, str], kind: str) -> dict[str, Any]:
+def _carried_settings(plain: Sequence[Callback], arg_to_attr: dict[str, str], kind: str) -> dict[str, Any]:
     if not plain:
-        rank_zero_warn(f"fts_dist: no {kind} given; adding an FTS{kind.replace('ModelCheckpoint', 'Checkpoint')} "
-                       f"that monitors '{DEFAULT_MONITOR}'.")
+        rank_zero_warn(
+            f"fts_dist: no {kind} given; adding an FTS{kind.replace('ModelCheckpoint', 'Checkpoint')} "
+            f"that monitors '{DEFAULT_MONITOR}'."
+        )
         return {"monitor": DEFAULT_MONITOR}
     source = plain[0]
-    rank_zero_warn(f"fts_dist: replacing {type(source).__name__} with its fine-tuning-aware counterpart "
-                   "(same settings).")
+    rank_zero_warn(
+        f"fts_dist: replacing {type(source).__name__} with its fine-tuning-aware counterpart (same settings)."
+    )
     settings = {arg: getattr(source, attr) for arg, attr in arg_to_attr.items() if hasattr(source, attr)}
     if isinstance(source, EarlyStopping):
         settings["min_delta"] = abs(float(source.min_delta))

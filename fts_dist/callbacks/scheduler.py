@@ -65,11 +65,13 @@ class FinetuningScheduler(Callback):
         check_replicas: bool = True,
     ) -> None:
         if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < -1:
-            raise FTSConfigError(f"`max_depth` must be an integer >= -1 (-1: whole schedule), got {max_depth!r}.",
-                                 key="max_depth")
+            raise FTSConfigError(
+                f"`max_depth` must be an integer >= -1 (-1: whole schedule), got {max_depth!r}.", key="max_depth"
+            )
         if base_max_lr is not None and not (isinstance(base_max_lr, int | float) and base_max_lr > 0):
-            raise FTSConfigError(f"`base_max_lr` must be a positive number or None, got {base_max_lr!r}.",
-                                 key="base_max_lr")
+            raise FTSConfigError(
+                f"`base_max_lr` must be a positive number or None, got {base_max_lr!r}.", key="base_max_lr"
+            )
         self.ft_schedule = ft_schedule
         self.max_depth = max_depth
         self.base_max_lr = base_max_lr
@@ -162,8 +164,10 @@ class FinetuningScheduler(Callback):
             rank_zero_info(f"fts_dist: wrote {written}; exiting before training (gen_ft_sched_only=True).")
             raise SystemExit(0)
         if resolved.unscheduled:
-            rank_zero_warn(f"fts_dist: {len(resolved.unscheduled)} parameter(s) are in no phase and stay frozen: "
-                           f"{list(resolved.unscheduled)}")
+            rank_zero_warn(
+                f"fts_dist: {len(resolved.unscheduled)} parameter(s) are in no phase and stay frozen: "
+                f"{list(resolved.unscheduled)}"
+            )
         self._check_restore_best(self.checkpoint)
         self.coordinator = ScheduleCoordinator(
             resolved.schedule,
@@ -250,8 +254,10 @@ class FinetuningScheduler(Callback):
         coordinator = self._coordinator
         saved_schedule = self._loaded_state.get("schedule")
         if saved_schedule is not None and saved_schedule != coordinator.schedule.to_dict():
-            rank_zero_warn("fts_dist: the schedule differs from the one saved in the checkpoint; resuming with "
-                           "the new schedule at the saved depth.")
+            rank_zero_warn(
+                "fts_dist: the schedule differs from the one saved in the checkpoint; resuming with "
+                "the new schedule at the saved depth."
+            )
         coordinator.load_state_dict(self._loaded_state)
 
     @rank_zero_only

@@ -98,7 +98,8 @@ class ScheduleCoordinator:
         plan = None
         due = force and not self.in_final_phase
         if self.comm.rank == 0 and (
-            due or should_transition(self.schedule, self.state.depth, self.max_depth, signals, self.epoch_transitions_only)
+            due
+            or should_transition(self.schedule, self.state.depth, self.max_depth, signals, self.epoch_transitions_only)
         ):
             restore = best_checkpoint if self.restore_best and best_checkpoint else None
             plan = build_plan(self.schedule, self.state.depth + 1, signals.epoch, self.phase_lrs, restore)

@@ -61,7 +61,9 @@ def phase_learning_rates(schedule: Schedule, base_max_lr: float | None, phase0_l
     """Initial learning rate of each phase's new optimizer group: the schedule's ``lr``, else ``base_max_lr``,
     else (``base_max_lr=None``) a tenth of phase 0's optimizer learning rate, as in the original project."""
     default = base_max_lr if base_max_lr is not None else phase0_lr * 0.1
-    return tuple(phase0_lr if d == 0 else (p.lr if p.lr is not None else default) for d, p in enumerate(schedule.phases))
+    return tuple(
+        phase0_lr if d == 0 else (p.lr if p.lr is not None else default) for d, p in enumerate(schedule.phases)
+    )
 
 
 def build_plan(

@@ -48,10 +48,12 @@ class ToyClassifier(pl.LightningModule):
         self.log("val_acc", (logits.argmax(-1) == y).float().mean(), prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW((p for p in self.parameters() if p.requires_grad), lr=self.hparams.lr)
+        return torch.optim.AdamW((p for p in self.parameters() if p.requires_grad), lr=self.hparams["lr"])
 
 
-def make_loaders(seed: int = 0, samples: int = 512, in_features: int = 16, classes: int = 4) -> tuple[DataLoader, DataLoader]:
+def make_loaders(
+    seed: int = 0, samples: int = 512, in_features: int = 16, classes: int = 4
+) -> tuple[DataLoader, DataLoader]:
     """A separable synthetic task: labels from a fixed random projection of the inputs."""
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(samples, in_features, generator=generator)

@@ -19,7 +19,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise FTSConfigError(
                     f"Key {key!r} appears twice (line {key_node.start_mark.line + 1}); keep one.", key=str(key)
@@ -47,7 +47,7 @@ def load_schedule_file(path: str | os.PathLike[str]) -> Any:
             f"Cannot read fine-tuning schedule file '{path}': {err.strerror or err}. Check the `ft_schedule` path."
         ) from err
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except FTSConfigError as err:
         raise FTSConfigError(f"Fine-tuning schedule file '{path}': {err}", key=err.key) from err
     except yaml.YAMLError as err:

@@ -1,0 +1,9 @@
+import os
+
+# Measured here: more than one intra-op thread per process slows multi-process CPU runs by orders of magnitude.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("PL_DISABLE_FORK", "0")
+
+import torch
+
+torch.set_num_threads(1)

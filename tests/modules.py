@@ -1,0 +1,90 @@
+"""A tiny LightningModule, definable under either Lightning namespace, that records what each epoch trains.
+
+The compat tests build it under ``lightning.pytorch`` for finetuning-scheduler and under ``pytorch_lightning``
+for fts_dist, so both run the very same code.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+# names in named_parameters() order: layers.0.weight, layers.0.bias, ..., layers.3.bias
+SCHEDULE: dict[int, dict[str, Any]] = {
+    0: {"params": ["layers.3.weight", "layers.3.bias"]},
+    1: {"params": ["layers.2.*"], "lr": 0.05},
+    2: {"params": ["layers.[01].weight", "layers.[01].bias"], "lr": 0.02},
+}
+
+
+def loaders(batches: int = 4, batch_size: int = 8, seed: int = 0) -> tuple[DataLoader, DataLoader]:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batches * batch_size, 4, generator=generator)
+    y = (x.sum(dim=1) > 0).long()
+    dataset = TensorDataset(x, y)
+    return DataLoader(dataset, batch_size=batch_size), DataLoader(dataset, batch_size=batch_size * batches)
+
+
+def define_module(pl: ModuleType) -> type:
+    """Return a LightningModule class built on ``pl`` (``pytorch_lightning`` or ``lightning.pytorch``)."""
+
+    class Recorder(pl.LightningModule):  # type: ignore[name-defined, misc]
+        """``scripted_val_loss[e]`` (when given) is logged as ``val_loss`` at epoch ``e``, to drive early stopping
+        deterministically; ``scheduler`` is a factory ``optimizer -> scheduler`` or an lr_scheduler config."""
+
+        def __init__(self, lr: float = 0.1, scripted_val_loss: list[float] | None = None, scheduler: Any = None):
+            super().__init__()
+            torch.manual_seed(7)
+            self.layers = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 2))
+            self.lr = lr
+            self.scripted_val_loss = scripted_val_loss
+            self.scheduler = scheduler
+            self.records: list[dict[str, Any]] = []
+            self.steps = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.layers(x)
+
+        def on_train_epoch_start(self) -> None:
+            optimizer = self.trainer.optimizers[0]
+            self.records.append(
+                {
+                    "epoch": self.current_epoch,
+                    "trainable": [n for n, p in self.named_parameters() if p.requires_grad],
+                    "lrs": [round(g["lr"], 12) for g in optimizer.param_groups],
+                    "weights": {k: v.detach().clone() for k, v in self.state_dict().items()},
+                }
+            )
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            self.steps += 1
+            x, y = batch
+            return nn.functional.cross_entropy(self(x), y)
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            x, y = batch
+            loss = nn.functional.cross_entropy(self(x), y)
+            if self.scripted_val_loss is not None:
+                epoch = min(self.current_epoch, len(self.scripted_val_loss) - 1)
+                loss = torch.tensor(self.scripted_val_loss[epoch])
+            self.log("val_loss", loss, sync_dist=True)
+
+        def configure_optimizers(self) -> Any:
+            optimizer = torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=self.lr, momentum=0.9)
+            if self.scheduler is None:
+                return optimizer
+            config = self.scheduler(optimizer)
+            if not isinstance(config, dict):
+                config = {"scheduler": config}
+            return {"optimizer": optimizer, "lr_scheduler": config}
+
+    return Recorder
+
+
+def depths_by_epoch(records: list[dict[str, Any]], schedule: dict[int, dict[str, Any]] | None = None) -> list[int]:
+    """The phase each recorded epoch trained in, read off the number of optimizer groups."""
+    return [len(r["lrs"]) - 1 for r in records]

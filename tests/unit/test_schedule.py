@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from fts_dist import FTSConfigError
+from fts_dist.schedule import (
+    Schedule,
+    dump_schedule,
+    generate_implicit_schedule,
+    load_schedule_file,
+    resolve_schedule,
+)
+
+NAMES = ["body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias", "head.weight", "head.bias"]
+
+
+def test_original_format_round_trips_through_yaml(tmp_path: Path) -> None:
+    raw = {
+        0: {"params": ["head.weight", "head.bias"], "max_transition_epoch": 2},
+        1: {"params": ["body.2.*"], "lr": 1e-4, "max_transition_epoch": 4},
+        2: {"params": ["body.0.*"]},
+    }
+    schedule = Schedule.from_dict(raw)
+    path = dump_schedule(schedule, tmp_path / "s.yaml")
+    assert Schedule.from_dict(load_schedule_file(path)) == schedule
+    assert schedule.to_dict() == raw
+
+
+def test_yaml_written_for_the_original_loads_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "orig.yaml"
+    path.write_text(
+        "0:\n  params:\n  - head.weight\n  - head.bias\n1:\n  params:\n  - body.2.*\n  lr: 1e-4\n"
+        "  max_transition_epoch: 3\n"
+    )
+    schedule = Schedule.from_dict(load_schedule_file(path))
+    assert schedule[1].lr == pytest.approx(1e-4) and schedule[1].max_transition_epoch == 3
+    assert schedule[0].max_transition_epoch == -1 and schedule[0].lr is None
+
+
+def test_resolution_expands_regexes_in_parameter_order_and_lists_unscheduled() -> None:
+    resolved = resolve_schedule(
+        Schedule.from_dict({0: {"params": ["head.*"]}, 1: {"params": ["body.2.bias", "body.2.weight"]}}), NAMES
+    )
+    assert resolved.schedule[0].params == ("head.weight", "head.bias")
+    assert resolved.schedule[1].params == ("body.2.weight", "body.2.bias")
+    assert resolved.unscheduled == ("body.0.weight", "body.0.bias")
+
+
+@pytest.mark.parametrize(
+    ("raw", "match", "phase", "key"),
+    [
+        ({0: {"params": ["head.weight"]}, 1: {"params": ["nope.*"]}}, "Phase 1 entry 'nope.*' matches no", 1, "params"),
+        (
+            {0: {"params": ["head.*"]}, 1: {"params": ["head.bias"]}},
+            "'head.bias' is in phase 0 and again in phase 1",
+            1,
+            "params",
+        ),
+        ({0: {"params": ["head.*"]}, 1: {"params": ["body.(["]}}, "nor a valid regular expression", 1, "params"),
+    ],
+)
+def test_resolution_errors_name_phase_and_entry(raw: dict, match: str, phase: int, key: str) -> None:
+    with pytest.raises(FTSConfigError, match=re.escape(match)) as err:
+        resolve_schedule(Schedule.from_dict(raw), NAMES)
+    assert (err.value.phase, err.value.key) == (phase, key)
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        ({"a": {"params": ["x"]}}, "phase key 'a' is not an integer"),
+        ({0: {"params": ["x"]}, 2: {"params": ["y"]}}, r"contiguous integers from 0, got \[0, 2\]"),
+        ({1: {"params": ["x"]}}, r"contiguous integers from 0, got \[1\]"),
+        ({0: {"params": []}}, "Phase 0 needs `params`"),
+        ({0: {"params": ["x"], "max_transition_epoch": "3"}}, "Phase 0 `max_transition_epoch` must be an integer"),
+        (
+            {0: {"params": ["x"], "max_transition_epoch": 5}, 1: {"params": ["y"], "max_transition_epoch": 3}},
+            r"`max_transition_epoch` of phase 1 \(3\) is lower than phase 0's \(5\)",
+        ),
+        ({0: {"params": ["x"]}, 1: {"params": ["y"], "lr": "fast"}}, "Phase 1 `lr` must be a non-negative number"),
+        ({0: {"params": ["x"], "new_optimizer": {}}}, r"Phase 0 has unsupported key\(s\) \['new_optimizer'\]"),
+        ([1, 2], "must be a non-empty mapping"),
+    ],
+)
+def test_structure_errors_are_precise(raw: object, match: str) -> None:
+    with pytest.raises(FTSConfigError, match=match):
+        Schedule.from_dict(raw)
+
+
+def test_epoch_transitions_only_requires_every_phase_epoch() -> None:
+    raw = {0: {"params": ["x"], "max_transition_epoch": 1}, 1: {"params": ["y"]}}
+    assert Schedule.from_dict(raw)[1].max_transition_epoch == -1
+    with pytest.raises(FTSConfigError, match=r"phase\(s\) \[1\] have none") as err:
+        Schedule.from_dict(raw, epoch_transitions_only=True)
+    assert err.value.phase == 1
+
+
+def test_missing_duplicate_and_malformed_files_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(FTSConfigError, match=r"Cannot read fine-tuning schedule file '.*missing.yaml'"):
+        load_schedule_file(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("0:\n  params: [a\n")
+    with pytest.raises(FTSConfigError, match=r"'.*bad.yaml' is not valid YAML"):
+        load_schedule_file(bad)
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("0:\n  params: [a]\n0:\n  params: [b]\n")
+    with pytest.raises(FTSConfigError, match=r"dup.yaml.*Key 0 appears twice"):
+        load_schedule_file(dup)
+
+
+def test_implicit_schedule_is_two_parameters_per_phase_from_the_top() -> None:
+    schedule = generate_implicit_schedule(NAMES[:5])
+    assert [p.params for p in schedule.phases] == [
+        ("head.weight", "body.2.bias"),
+        ("body.2.weight", "body.0.bias"),
+        ("body.0.weight",),
+    ]
