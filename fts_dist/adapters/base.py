@@ -108,7 +108,7 @@ class StrategyAdapter:
             )
 
     # -- transitions -------------------------------------------------------------------------------------------
-    def apply_plan(self, plan: PhasePlan, trainer: pl.Trainer) -> None:
+    def apply_plan(self, plan: PhasePlan, trainer: pl.Trainer, check_replicas: bool = False) -> None:
         """Bring this rank to ``plan.depth``: restore, thaw, add groups, keep LR schedulers consistent.
 
         Groups restored with the checkpoint keep the checkpoint's optimizer state; every group of an earlier
@@ -131,6 +131,8 @@ class StrategyAdapter:
                 if depth == plan.depth:
                     self._restore_lr_state(optimizer, lrs_before, schedulers, scheduler_states)
                 add_param_group(optimizer, params, plan.phase_lrs[depth], schedulers)
+        if check_replicas:
+            self.check_consistency(module, plan.depth)
         self.on_trainable_changed(trainer)
 
     def check_consistency(self, module: torch.nn.Module, depth: int) -> None:

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import pytorch_lightning as pl
-from pytorch_lightning.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
+import torch.distributed as dist
+from pytorch_lightning.strategies import (
+    DDPStrategy,
+    DeepSpeedStrategy,
+    FSDPStrategy,
+    ModelParallelStrategy,
+    SingleDeviceStrategy,
+)
 from pytorch_lightning.utilities import rank_zero_warn
 
 from fts_dist.adapters.base import StrategyAdapter
+from fts_dist.adapters.ddp import DDPAdapter
+from fts_dist.adapters.torch_comm import TorchDistributedComm
+from fts_dist.coordinator import Comm, LocalComm
 from fts_dist.errors import FTSConfigError
 
 # A strategy class mapped to None is known and not yet supported: the lookup stops there instead of falling
 # through to a base class's adapter (DeepSpeedStrategy subclasses DDPStrategy, but the DDP adapter is wrong for it).
 _ADAPTERS: dict[type[pl.strategies.Strategy], type[StrategyAdapter] | None] = {
     SingleDeviceStrategy: StrategyAdapter,
+    DDPStrategy: DDPAdapter,
     DeepSpeedStrategy: None,
     FSDPStrategy: None,
     ModelParallelStrategy: None,
@@ -56,4 +67,12 @@ def resolve_adapter(strategy: pl.strategies.Strategy, allow_untested: bool = Fal
             key="strategy",
         )
     rank_zero_warn(f"fts_dist: strategy {name} is untested; using the generic adapter because allow_untested=True.")
-    return StrategyAdapter(strategy)
+    return _GenericAdapter(strategy)
+
+
+class _GenericAdapter(StrategyAdapter):
+    """For allow_untested: the single-process logic with real collectives when a process group exists."""
+
+    @property
+    def comm(self) -> Comm:
+        return TorchDistributedComm() if dist.is_available() and dist.is_initialized() else LocalComm()

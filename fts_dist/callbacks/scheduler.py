@@ -207,13 +207,11 @@ class FinetuningScheduler(Callback):
     # -- internals ---------------------------------------------------------------------------------------------
     def _apply(self, plan: PhasePlan, trainer: pl.Trainer) -> None:
         adapter = self._adapter
-        adapter.apply_plan(plan, trainer)
+        adapter.apply_plan(plan, trainer, check_replicas=self.check_replicas)
         if self.early_stopping is not None:
             self.early_stopping.reset_phase()
         self._update_final_phase()
         module = trainer.lightning_module
-        if self.check_replicas:
-            adapter.check_consistency(module, plan.depth)
         trainable = [p for p in module.parameters() if p.requires_grad]
         restored = f"restored '{plan.restore_checkpoint}'" if plan.restore_checkpoint else "no checkpoint restored"
         rank_zero_info(

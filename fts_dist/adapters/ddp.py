@@ -1,0 +1,58 @@
+"""The DDP adapter: every thawed parameter stays in gradient sync after every transition."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Sequence
+from typing import ClassVar
+
+import pytorch_lightning as pl
+from pytorch_lightning.strategies import DDPStrategy
+from torch.distributed.optim import ZeroRedundancyOptimizer
+from torch.nn.parallel import DistributedDataParallel
+
+from fts_dist.adapters.base import StrategyAdapter
+from fts_dist.adapters.torch_comm import TorchDistributedComm
+from fts_dist.coordinator import Comm
+from fts_dist.errors import FTSConfigError
+
+
+class DDPAdapter(StrategyAdapter):
+    """Applies phase plans under Lightning's ``DDPStrategy`` (``ddp``, ``ddp_spawn``, ``ddp_fork``, torchrun).
+
+    DDP builds its gradient reducer from the parameters that require grad when it wraps the module, so a
+    parameter thawed later would never be all-reduced and the replicas would drift apart. After every change
+    of the trainable set this adapter wraps the module anew through the strategy, with the strategy's own DDP
+    options (bucket size, static graph, gradient-as-bucket-view, comm hooks) - so ``find_unused_parameters``
+    never has to stay on for the whole run. Wrapping broadcasts rank 0's parameters and buffers, which is why
+    the replica check runs before it: a divergence is reported, not silently overwritten.
+    """
+
+    family: ClassVar[str] = "ddp"
+
+    @property
+    def comm(self) -> Comm:
+        return TorchDistributedComm()
+
+    def validate_strategy(self, trainer: pl.Trainer) -> None:
+        if not isinstance(self.strategy, DDPStrategy):
+            raise FTSConfigError(f"DDPAdapter serves DDPStrategy, got {type(self.strategy).__name__}.")
+
+    def validate_optimizers(self, trainer: pl.Trainer, phase0_params: Sequence[str]) -> None:
+        super().validate_optimizers(trainer, phase0_params)
+        optimizer = trainer.optimizers[0]
+        if isinstance(optimizer, ZeroRedundancyOptimizer) and optimizer._overlap_with_ddp:
+            raise FTSConfigError(
+                "ZeroRedundancyOptimizer(overlap_with_ddp=True) supports a single parameter group, but every "
+                "phase adds one. Construct it with overlap_with_ddp=False.",
+                key="optimizer",
+            )
+
+    def on_trainable_changed(self, trainer: pl.Trainer) -> None:
+        strategy = self.strategy
+        assert isinstance(strategy, DDPStrategy)
+        if not isinstance(strategy.model, DistributedDataParallel):
+            return  # not wrapped yet (resume before setup finished) or not fitting
+        strategy.model = strategy.lightning_module
+        gc.collect()  # free the old reducer now: its autograd hooks must not fire in the next backward
+        strategy.configure_ddp()

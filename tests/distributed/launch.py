@@ -1,0 +1,61 @@
+"""Launching the 2-rank worker with torchrun or Lightning's own launcher, bounded by a timeout."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+WORKER = Path(__file__).parent / "workers" / "ddp_run.py"
+TIMEOUT_S = 180
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Run:
+    returncode: int
+    output: str
+    out_dir: Path
+
+    def rank(self, rank: int) -> dict[str, Any]:
+        return torch.load(self.out_dir / f"rank{rank}.pt", weights_only=False)
+
+    def reference(self) -> dict[str, Any]:
+        return torch.load(self.out_dir / "rank0-reference.pt", weights_only=False)
+
+
+def launch(out_dir: Path, *args: str, launcher: str = "torchrun", reference: bool = False) -> Run:
+    """Run the worker (2 ranks, or 1 for the reference) and return its exit status, output and results."""
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    worker_args = [str(WORKER), "--out", str(out_dir), "--launcher", launcher, *args]
+    if reference:
+        command = [sys.executable, *worker_args, "--reference"]
+    elif launcher == "torchrun":
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            *worker_args,
+        ]
+    else:
+        command = [sys.executable, *worker_args]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    return Run(proc.returncode, proc.stdout + proc.stderr, out_dir)

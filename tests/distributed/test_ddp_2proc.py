@@ -1,0 +1,67 @@
+"""2-process DDP on CPU (gloo): every rank thaws and updates identically, and matches one process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.distributed.launch import launch
+
+pytestmark = [pytest.mark.distributed, pytest.mark.timeout(400)]
+REFERENCE_ATOL = 1e-5
+
+
+def max_abs_diff(a: dict, b: dict) -> float:
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def assert_replicas_equal_every_epoch(run) -> None:
+    rank0, rank1 = run.rank(0), run.rank(1)
+    for epoch0, epoch1 in zip(rank0["records"], rank1["records"], strict=True):
+        assert epoch0["trainable"] == epoch1["trainable"] and epoch0["lrs"] == epoch1["lrs"]
+        assert all(torch.equal(epoch0["weights"][k], epoch1["weights"][k]) for k in epoch0["weights"])
+    assert all(torch.equal(rank0["final"][k], rank1["final"][k]) for k in rank0["final"])
+
+
+@pytest.mark.parametrize(
+    ("launcher", "args", "depths"),
+    [
+        ("torchrun", ("--mode", "epochs"), [0, 1, 1, 2, 2]),
+        ("lightning", ("--mode", "epochs"), [0, 1, 1, 2, 2]),
+        ("torchrun", ("--mode", "early-stopping", "--scheduler", "steplr", "--max-epochs", "7"), [0, 0, 0, 1, 1, 2, 2]),
+    ],
+    ids=["torchrun-epochs", "lightning-launcher-epochs", "torchrun-es-restore-steplr"],
+)
+def test_world_size_2_equals_single_process(tmp_path: Path, launcher: str, args: tuple, depths: list) -> None:
+    run = launch(tmp_path, *args, launcher=launcher)
+    assert run.returncode == 0, run.output[-3000:]
+    assert [len(r["lrs"]) - 1 for r in run.rank(0)["records"]] == depths
+    assert_replicas_equal_every_epoch(run)
+    reference = launch(tmp_path, *args, reference=True)
+    assert reference.returncode == 0, reference.output[-3000:]
+    assert max_abs_diff(run.rank(0)["final"], reference.reference()["final"]) < REFERENCE_ATOL
+    for ours, ref in zip(run.rank(0)["records"], reference.reference()["records"], strict=True):
+        assert ours["lrs"] == pytest.approx(ref["lrs"]) and ours["trainable"] == ref["trainable"]
+
+
+def test_without_the_adapter_replicas_diverge(tmp_path: Path) -> None:
+    """The negative control: a plain thaw under DDP (what the adapter fixes) leaves later phases unsynced."""
+    run = launch(tmp_path, "--naive")
+    assert run.returncode == 0, run.output[-3000:]
+    assert max_abs_diff(run.rank(0)["final"], run.rank(1)["final"]) > 1e-3
+
+
+def test_replica_check_catches_a_planted_mismatch(tmp_path: Path) -> None:
+    run = launch(tmp_path, "--plant", "mismatch")
+    assert run.returncode != 0
+    assert "Replicas diverged at phase 1" in run.output
+    assert "rank 1 weights differ from rank 0's in ['layers.0.weight']" in run.output
+
+
+def test_a_rank_that_raises_ends_both_ranks(tmp_path: Path) -> None:
+    run = launch(tmp_path, "--plant", "raise")  # bounded by launch()'s timeout: a hang fails the test
+    assert run.returncode != 0
+    assert "planted failure on rank 1" in run.output
+    assert not (tmp_path / "rank0.pt").exists() and not (tmp_path / "rank1.pt").exists()
