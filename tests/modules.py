@@ -36,13 +36,20 @@ def define_module(pl: ModuleType) -> type:
         """``scripted_val_loss[e]`` (when given) is logged as ``val_loss`` at epoch ``e``, to drive early stopping
         deterministically; ``scheduler`` is a factory ``optimizer -> scheduler`` or an lr_scheduler config."""
 
-        def __init__(self, lr: float = 0.1, scripted_val_loss: list[float] | None = None, scheduler: Any = None):
+        def __init__(
+            self,
+            lr: float = 0.1,
+            scripted_val_loss: list[float] | None = None,
+            scheduler: Any = None,
+            optimizer: Any = None,
+        ):
             super().__init__()
             torch.manual_seed(7)
             self.layers = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 2))
             self.lr = lr
             self.scripted_val_loss = scripted_val_loss
             self.scheduler = scheduler
+            self.optimizer_factory = optimizer
             self.records: list[dict[str, Any]] = []
             self.steps = 0
 
@@ -74,7 +81,11 @@ def define_module(pl: ModuleType) -> type:
             self.log("val_loss", loss, sync_dist=True)
 
         def configure_optimizers(self) -> Any:
-            optimizer = torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=self.lr, momentum=0.9)
+            params = [p for p in self.parameters() if p.requires_grad]
+            if self.optimizer_factory is not None:
+                optimizer = self.optimizer_factory(params, self.lr)
+            else:
+                optimizer = torch.optim.SGD(params, lr=self.lr, momentum=0.9)
             if self.scheduler is None:
                 return optimizer
             config = self.scheduler(optimizer)

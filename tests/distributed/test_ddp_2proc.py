@@ -31,8 +31,20 @@ def assert_replicas_equal_every_epoch(run) -> None:
         ("torchrun", ("--mode", "epochs"), [0, 1, 1, 2, 2]),
         ("lightning", ("--mode", "epochs"), [0, 1, 1, 2, 2]),
         ("torchrun", ("--mode", "early-stopping", "--scheduler", "steplr", "--max-epochs", "7"), [0, 0, 0, 1, 1, 2, 2]),
+        ("torchrun", ("--mode", "early-stopping", "--optimizer", "zero", "--max-epochs", "7"), [0, 0, 0, 1, 1, 2, 2]),
+        (
+            "torchrun",
+            ("--mode", "early-stopping-stale", "--optimizer", "zero", "--scheduler", "steplr", "--max-epochs", "6"),
+            [0, 0, 0, 1, 2, 2],
+        ),
     ],
-    ids=["torchrun-epochs", "lightning-launcher-epochs", "torchrun-es-restore-steplr"],
+    ids=[
+        "torchrun-epochs",
+        "lightning-launcher-epochs",
+        "torchrun-es-restore-steplr",
+        "torchrun-zero-es-restore",
+        "torchrun-zero-restore-older-phase-steplr",
+    ],
 )
 def test_world_size_2_equals_single_process(tmp_path: Path, launcher: str, args: tuple, depths: list) -> None:
     run = launch(tmp_path, *args, launcher=launcher)

@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from pytorch_lightning.strategies import DDPStrategy
+from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
@@ -26,7 +27,11 @@ from tests.modules import SCHEDULE, define_module
 Recorder = define_module(pl)
 BATCH, STEPS, WORLD = 4, 3, 2
 EPOCH_SCHEDULE = {d: {**p, "max_transition_epoch": e} for (d, p), e in zip(SCHEDULE.items(), (1, 3, 3), strict=True)}
-SCRIPT = [1.0, 0.5, 0.9, 0.4, 0.45, 0.3, 0.2]  # early stopping: phase 1 from epoch 3, phase 2 from epoch 5
+SCRIPTS = {
+    "early-stopping": [1.0, 0.5, 0.9, 0.4, 0.45, 0.3, 0.2],  # phase 1 from epoch 3, phase 2 from epoch 5
+    # phase 1 never beats epoch 1: phase 2 (epoch 4) restores a checkpoint with fewer optimizer groups
+    "early-stopping-stale": [1.0, 0.5, 0.9, 0.95, 0.4, 0.3, 0.2],
+}
 
 
 def dataset() -> TensorDataset:
@@ -63,13 +68,20 @@ def scheduler_factory(name: str) -> Any:
     return None
 
 
+def optimizer_factory(args: argparse.Namespace) -> Any:
+    if args.optimizer == "zero" and not args.reference:
+        return lambda params, lr: ZeroRedundancyOptimizer(params, torch.optim.SGD, lr=lr, momentum=0.9)
+    return None  # the reference trains plain SGD: ZeRO must compute the very same update
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--launcher", choices=["torchrun", "lightning"], default="torchrun")
     parser.add_argument("--reference", action="store_true")
-    parser.add_argument("--mode", choices=["epochs", "early-stopping"], default="epochs")
+    parser.add_argument("--mode", choices=["epochs", *SCRIPTS], default="epochs")
     parser.add_argument("--scheduler", default="none")
+    parser.add_argument("--optimizer", choices=["sgd", "zero"], default="sgd")
     parser.add_argument("--naive", action="store_true", help="thaw without the DDP adapter (expected to diverge)")
     parser.add_argument("--plant", choices=["none", "mismatch", "raise"], default="none")
     parser.add_argument("--max-epochs", type=int, default=5)
@@ -82,7 +94,7 @@ def main() -> None:
     model = Recorder(
         lr=0.05,
         scheduler=scheduler_factory(args.scheduler),
-        scripted_val_loss=SCRIPT if args.mode == "early-stopping" else None,
+        scripted_val_loss=SCRIPTS.get(args.mode),
     )
     callbacks: list[Any] = [
         FinetuningScheduler(
@@ -93,7 +105,7 @@ def main() -> None:
         ),  # a restore would heal the planted fault
         FTSCheckpoint(monitor="val_loss", dirpath=out / "ckpts"),
     ]
-    if args.mode == "early-stopping":
+    if args.mode in SCRIPTS:
         callbacks.append(FTSEarlyStopping(monitor="val_loss", patience=1))
     # planted faults run before the scheduler's hook, so they hit the transition at epoch 1
     callbacks = {"mismatch": [PlantMismatch()], "raise": [RaiseOnRankOne()]}.get(args.plant, []) + callbacks
