@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
+from fts_dist import FinetuningScheduler
 from tests.lightning.conftest import Recorder
 from tests.modules import SCHEDULE, depths_by_epoch
 
@@ -81,3 +83,20 @@ def test_group_lrs_follow_the_lr_scheduler_and_survive_restores(fit) -> None:
         [0.025, 0.025, 0.02],
         [0.0125, 0.0125, 0.01],
     ]
+
+
+def test_step_moves_to_the_next_phase_on_demand(fit) -> None:
+    class StepAtEpochTwo(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            if trainer.current_epoch == 2:
+                scheduler = next(c for c in trainer.callbacks if isinstance(c, FinetuningScheduler))
+                scheduler.step()
+
+    model, _, fts = fit(
+        Recorder(scripted_val_loss=[1.0, 0.9, 0.8, 0.7]),
+        ft_schedule=SCHEDULE,
+        max_epochs=4,
+        extra_callbacks=[StepAtEpochTwo()],
+    )
+    assert depths_by_epoch(model.records)[:3] == [0, 0, 1]
+    assert fts.schedule[1].params == tuple(PHASE1)
