@@ -77,3 +77,12 @@ def test_a_rank_that_raises_ends_both_ranks(tmp_path: Path) -> None:
     assert run.returncode != 0
     assert "planted failure on rank 1" in run.output
     assert not (tmp_path / "rank0.pt").exists() and not (tmp_path / "rank1.pt").exists()
+
+
+def test_ddp_options_survive_every_rewrap(tmp_path: Path) -> None:
+    run = launch(tmp_path, "--ddp-options")
+    assert run.returncode == 0, run.output[-3000:]
+    ddp = run.rank(0)["ddp"]
+    assert (ddp["bucket_bytes_cap"], ddp["static_graph"], ddp["gradient_as_bucket_view"]) == (1024 * 1024, True, True)
+    assert ddp["synced"] == sorted(run.rank(0)["final"])  # the final wrapper syncs every (now thawed) parameter
+    assert_replicas_equal_every_epoch(run)

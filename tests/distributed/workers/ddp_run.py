@@ -56,6 +56,20 @@ class PlantMismatch(pl.Callback):
                 pl_module.layers[0].weight.add_(1.0)
 
 
+class RecordDDPWrapper(pl.Callback):
+    """At the end of training, before Lightning unwraps the model: which options and parameters DDP has."""
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        wrapped = trainer.strategy.model
+        if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
+            pl_module.ddp_wrapper = {
+                "bucket_bytes_cap": wrapped.bucket_bytes_cap,
+                "static_graph": wrapped.static_graph,
+                "gradient_as_bucket_view": wrapped.gradient_as_bucket_view,
+                "synced": sorted(n.removeprefix("module.") for n, p in wrapped.named_parameters() if p.requires_grad),
+            }
+
+
 class RaiseOnRankOne(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.global_rank == 1 and trainer.current_epoch == 1:
@@ -85,6 +99,7 @@ def main() -> None:
     parser.add_argument("--naive", action="store_true", help="thaw without the DDP adapter (expected to diverge)")
     parser.add_argument("--plant", choices=["none", "mismatch", "raise"], default="none")
     parser.add_argument("--max-epochs", type=int, default=5)
+    parser.add_argument("--ddp-options", action="store_true", help="non-default DDP options that must survive")
     args = parser.parse_args()
     out = Path(args.out)
     torch.set_num_threads(1)
@@ -105,6 +120,7 @@ def main() -> None:
         ),  # a restore would heal the planted fault
         FTSCheckpoint(monitor="val_loss", dirpath=out / "ckpts"),
     ]
+    callbacks.append(RecordDDPWrapper())
     if args.mode in SCRIPTS:
         callbacks.append(FTSEarlyStopping(monitor="val_loss", patience=1))
     # planted faults run before the scheduler's hook, so they hit the transition at epoch 1
@@ -115,7 +131,10 @@ def main() -> None:
         train = DataLoader(global_batches(data), batch_size=BATCH * WORLD)
         devices = 1
     else:
-        strategy = DDPStrategy(process_group_backend="gloo")
+        options = (
+            {"bucket_cap_mb": 1, "gradient_as_bucket_view": True, "static_graph": True} if args.ddp_options else {}
+        )
+        strategy = DDPStrategy(process_group_backend="gloo", **options)
         rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
         train = DataLoader(data, batch_size=BATCH, sampler=DistributedSampler(data, WORLD, rank, shuffle=False))
         devices = WORLD
@@ -134,6 +153,7 @@ def main() -> None:
     )
     trainer.fit(model, train, DataLoader(data, batch_size=len(data)))
     result = {"records": model.records, "final": {k: v.clone() for k, v in model.state_dict().items()}}
+    result["ddp"] = getattr(model, "ddp_wrapper", None)
     torch.save(result, out / f"rank{trainer.global_rank}{'-reference' if args.reference else ''}.pt")
     if dist.is_initialized():
         dist.barrier()
