@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ from tests.distributed.launch import launch
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(400)]
 REFERENCE_ATOL = 1e-5
+needs_fairscale = pytest.mark.skipif(
+    importlib.util.find_spec("fairscale") is None, reason="pip install fts-dist[fairscale]"
+)
 
 
 def max_abs_diff(a: dict, b: dict) -> float:
@@ -37,6 +41,12 @@ def assert_replicas_equal_every_epoch(run) -> None:
             ("--mode", "early-stopping-stale", "--optimizer", "zero", "--scheduler", "steplr", "--max-epochs", "6"),
             [0, 0, 0, 1, 2, 2],
         ),
+        pytest.param(
+            "torchrun",
+            ("--mode", "early-stopping-stale", "--optimizer", "oss", "--scheduler", "steplr", "--max-epochs", "6"),
+            [0, 0, 0, 1, 2, 2],
+            marks=needs_fairscale,
+        ),
     ],
     ids=[
         "torchrun-epochs",
@@ -44,6 +54,7 @@ def assert_replicas_equal_every_epoch(run) -> None:
         "torchrun-es-restore-steplr",
         "torchrun-zero-es-restore",
         "torchrun-zero-restore-older-phase-steplr",
+        "torchrun-fairscale-oss-restore-older-phase-steplr",
     ],
 )
 def test_world_size_2_equals_single_process(tmp_path: Path, launcher: str, args: tuple, depths: list) -> None:

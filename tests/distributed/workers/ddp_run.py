@@ -85,6 +85,10 @@ def scheduler_factory(name: str) -> Any:
 def optimizer_factory(args: argparse.Namespace) -> Any:
     if args.optimizer == "zero" and not args.reference:
         return lambda params, lr: ZeroRedundancyOptimizer(params, torch.optim.SGD, lr=lr, momentum=0.9)
+    if args.optimizer == "oss" and not args.reference:
+        from fairscale.optim import OSS
+
+        return lambda params, lr: OSS(params, torch.optim.SGD, lr=lr, momentum=0.9)
     return None  # the reference trains plain SGD: ZeRO must compute the very same update
 
 
@@ -95,7 +99,7 @@ def main() -> None:
     parser.add_argument("--reference", action="store_true")
     parser.add_argument("--mode", choices=["epochs", *SCRIPTS], default="epochs")
     parser.add_argument("--scheduler", default="none")
-    parser.add_argument("--optimizer", choices=["sgd", "zero"], default="sgd")
+    parser.add_argument("--optimizer", choices=["sgd", "zero", "oss"], default="sgd")
     parser.add_argument("--naive", action="store_true", help="thaw without the DDP adapter (expected to diverge)")
     parser.add_argument("--plant", choices=["none", "mismatch", "raise"], default="none")
     parser.add_argument("--max-epochs", type=int, default=5)
