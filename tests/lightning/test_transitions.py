@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -106,9 +108,8 @@ def test_an_unreadable_best_checkpoint_is_named_and_left_in_place(fit, tmp_path)
     class TruncateBest(pl.Callback):
         def on_train_epoch_start(self, trainer, pl_module) -> None:
             if trainer.current_epoch == 3:
-                best = trainer.checkpoint_callback.best_model_path
-                data = open(best, "rb").read()
-                open(best, "wb").write(data[: len(data) // 2])
+                best = Path(trainer.checkpoint_callback.best_model_path)
+                best.write_bytes(best.read_bytes()[: best.stat().st_size // 2])
 
     from fts_dist.adapters import CheckpointRestoreError
 
