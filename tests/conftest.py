@@ -2,7 +2,6 @@ import os
 
 # Measured here: more than one intra-op thread per process slows multi-process CPU runs by orders of magnitude.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("PL_DISABLE_FORK", "0")
 
 import torch
 

@@ -96,6 +96,6 @@ def define_module(pl: ModuleType) -> type:
     return Recorder
 
 
-def depths_by_epoch(records: list[dict[str, Any]], schedule: dict[int, dict[str, Any]] | None = None) -> list[int]:
+def depths_by_epoch(records: list[dict[str, Any]]) -> list[int]:
     """The phase each recorded epoch trained in, read off the number of optimizer groups."""
     return [len(r["lrs"]) - 1 for r in records]
