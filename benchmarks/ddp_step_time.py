@@ -73,8 +73,10 @@ def worker(variant: str, steps: int, out: Path) -> None:
         import finetuning_scheduler as fts
         import lightning.pytorch as pl
 
-        callbacks = [fts.FinetuningScheduler(ft_schedule=schedule(), epoch_transitions_only=True),
-                     fts.FTSCheckpoint(monitor="val_loss", dirpath=out / variant)]
+        callbacks = [
+            fts.FinetuningScheduler(ft_schedule=schedule(), epoch_transitions_only=True),
+            fts.FTSCheckpoint(monitor="val_loss", dirpath=out / variant),
+        ]
     else:
         import pytorch_lightning as pl
 
@@ -82,8 +84,10 @@ def worker(variant: str, steps: int, out: Path) -> None:
 
         callbacks = []
         if variant == "fts_dist":
-            callbacks = [FinetuningScheduler(ft_schedule=schedule(), epoch_transitions_only=True),
-                         FTSCheckpoint(monitor="val_loss", dirpath=out / variant)]
+            callbacks = [
+                FinetuningScheduler(ft_schedule=schedule(), epoch_transitions_only=True),
+                FTSCheckpoint(monitor="val_loss", dirpath=out / variant),
+            ]
     epochs = len(schedule()) + 1
     rank = int(os.environ["RANK"])
     generator = torch.Generator().manual_seed(0)
@@ -91,10 +95,20 @@ def worker(variant: str, steps: int, out: Path) -> None:
     data = TensorDataset(x, torch.randint(0, 10, (len(x),), generator=generator))
     train = DataLoader(data, batch_size=BATCH, sampler=DistributedSampler(data, 2, rank, shuffle=False))
     model = build(pl)()
-    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=epochs, callbacks=callbacks,
-                         use_distributed_sampler=False, enable_progress_bar=False, enable_model_summary=False,
-                         logger=False, enable_checkpointing=variant != "plain", limit_val_batches=1,
-                         default_root_dir=out)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_epochs=epochs,
+        callbacks=callbacks,
+        use_distributed_sampler=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        enable_checkpointing=variant != "plain",
+        limit_val_batches=1,
+        default_root_dir=out,
+    )
     trainer.fit(model, train, DataLoader(data, batch_size=BATCH))
     if rank == 0:
         (out / f"{variant}.json").write_text(json.dumps(model.step_times))
@@ -107,8 +121,22 @@ def launch(variant: str, steps: int, out: Path) -> list[float]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-               __file__, "--worker", variant, "--steps", str(steps), "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        __file__,
+        "--worker",
+        variant,
+        "--steps",
+        str(steps),
+        "--out",
+        str(out),
+    ]
     subprocess.run(command, env=env, check=True, capture_output=True, timeout=900)
     return json.loads((out / f"{variant}.json").read_text())
 
@@ -136,8 +164,10 @@ def main() -> None:
             for variant in variants:
                 medians[variant].append(statistics.median(launch(variant, args.steps, Path(tmp))) * 1e3)
     base = min(medians["plain"])
-    print(f"2-rank DDP on CPU, MLP {DEPTH}x{WIDTH}, batch {BATCH}/rank, last phase (all thawed), "
-          f"{args.repeats} launches each; per-launch median step time")
+    print(
+        f"2-rank DDP on CPU, MLP {DEPTH}x{WIDTH}, batch {BATCH}/rank, last phase (all thawed), "
+        f"{args.repeats} launches each; per-launch median step time"
+    )
     print("| variant | min ms | median ms | ratio to plain (min) |\n|---|---|---|---|")
     for variant, values in medians.items():
         print(f"| {variant} | {min(values):.2f} | {statistics.median(values):.2f} | {min(values) / base:.3f} |")

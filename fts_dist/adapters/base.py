@@ -55,6 +55,10 @@ class StrategyAdapter:
     def on_trainable_changed(self, trainer: pl.Trainer) -> None:
         """Called after the trainable set grew (a transition, or a resume past phase 0)."""
 
+    def unused_parameters_are_fatal(self) -> bool:
+        """Whether a thawed parameter that gets no gradient breaks training under this strategy (not just idles)."""
+        return False
+
     def restore_checkpoint(self, path: str, trainer: pl.Trainer) -> None:
         """Load weights and optimizer state from ``path``; the optimizer keeps only the groups saved there."""
         self.comm.barrier()  # the writer (rank 0) finished before anyone reads

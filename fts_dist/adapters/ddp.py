@@ -48,6 +48,10 @@ class DDPAdapter(StrategyAdapter):
                 key="optimizer",
             )
 
+    def unused_parameters_are_fatal(self) -> bool:
+        assert isinstance(self.strategy, DDPStrategy)
+        return not self.strategy._ddp_kwargs.get("find_unused_parameters", False)
+
     def on_trainable_changed(self, trainer: pl.Trainer) -> None:
         strategy = self.strategy
         assert isinstance(strategy, DDPStrategy)

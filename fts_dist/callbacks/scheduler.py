@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,11 @@ from fts_dist.errors import FTSConfigError
 from fts_dist.schedule import Schedule, schedule_file_name
 
 DEPTH_METRIC = "finetuning_depth"
+
+
+def unused_trainable_parameters(module: Any) -> list[str]:
+    """Names of parameters that require grad but hold none (call right after a backward)."""
+    return [name for name, param in module.named_parameters() if param.requires_grad and param.grad is None]
 
 
 class FinetuningScheduler(Callback):
@@ -86,6 +92,8 @@ class FinetuningScheduler(Callback):
         self.checkpoint: FTSCheckpoint | None = None
         self._loaded_state: dict[str, Any] | None = None
         self._trainer_ref: pl.Trainer | None = None
+        self._check_unused_pending = False
+        self.transition_seconds: dict[int, float] = {}  # depth -> wall time of its transition on this rank
 
     # -- public API of the original callback -------------------------------------------------------------------
     @property
@@ -191,6 +199,7 @@ class FinetuningScheduler(Callback):
             adapter.apply_plan(coordinator.resume_plan(trainer.current_epoch), trainer)
             rank_zero_info(f"fts_dist: resumed at phase {coordinator.depth} of {coordinator.max_depth}.")
         self._update_final_phase()
+        self._check_unused_pending = True
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         signals = TransitionSignals(trainer.current_epoch, self._es_phase_complete())
@@ -199,6 +208,11 @@ class FinetuningScheduler(Callback):
             self._apply(plan, trainer)
         self._log_depth(trainer)
 
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._check_unused_pending:  # once per phase: the first backward shows which thawed tensors get no grad
+            self._check_unused_pending = False
+            self._check_unused_parameters(pl_module)
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         starts = self._coordinator.state.phase_start_epochs
         summary = ", ".join(f"phase {d} from epoch {e}" for d, e in enumerate(starts))
@@ -206,18 +220,39 @@ class FinetuningScheduler(Callback):
 
     # -- internals ---------------------------------------------------------------------------------------------
     def _apply(self, plan: PhasePlan, trainer: pl.Trainer) -> None:
-        adapter = self._adapter
-        adapter.apply_plan(plan, trainer, check_replicas=self.check_replicas)
+        started = time.perf_counter()
+        self._adapter.apply_plan(plan, trainer, check_replicas=self.check_replicas)
+        self.transition_seconds[plan.depth] = time.perf_counter() - started
         if self.early_stopping is not None:
             self.early_stopping.reset_phase()
         self._update_final_phase()
+        self._check_unused_pending = True
         module = trainer.lightning_module
         trainable = [p for p in module.parameters() if p.requires_grad]
         restored = f"restored '{plan.restore_checkpoint}'" if plan.restore_checkpoint else "no checkpoint restored"
         rank_zero_info(
             f"fts_dist: phase {plan.depth} of {self._coordinator.max_depth} begins at epoch {plan.epoch}: "
             f"{sum(p.numel() for p in trainable):,} trainable parameters in {len(trainable)} tensors, "
-            f"{len(trainer.optimizers[0].param_groups)} optimizer groups, {restored}."
+            f"{len(trainer.optimizers[0].param_groups)} optimizer groups, {restored} "
+            f"(transition took {self.transition_seconds[plan.depth]:.2f} s)."
+        )
+
+    def _check_unused_parameters(self, pl_module: pl.LightningModule) -> None:
+        unused = unused_trainable_parameters(pl_module)
+        if not unused:
+            return
+        depth = self.curr_depth
+        if self._adapter.unused_parameters_are_fatal():
+            raise FTSConfigError(
+                f"{len(unused)} parameter(s) thawed by phase {depth} or earlier got no gradient in the phase's first "
+                f"step: {unused}. DDP would stop at the next step. Remove them from the schedule (they then stay "
+                "frozen), or use DDPStrategy(find_unused_parameters=True) if they are used only on some steps.",
+                phase=depth,
+                key="params",
+            )
+        rank_zero_warn(
+            f"fts_dist: {len(unused)} parameter(s) thawed by phase {depth} or earlier got no gradient in the phase's "
+            f"first step and do not train: {unused}. Remove them from the schedule to silence this."
         )
 
     def _update_final_phase(self) -> None:

@@ -90,6 +90,15 @@ def test_a_rank_that_raises_ends_both_ranks(tmp_path: Path) -> None:
     assert not (tmp_path / "rank0.pt").exists() and not (tmp_path / "rank1.pt").exists()
 
 
+def test_a_thawed_parameter_without_gradient_is_named_before_ddp_fails(tmp_path: Path) -> None:
+    run = launch(tmp_path, "--plant", "unused")
+    assert run.returncode != 0
+    assert "thawed by phase 1 or earlier got no gradient in the phase's first step: ['spare.weight', 'spare.bias']" in (
+        run.output
+    )
+    assert "find_unused_parameters=True" in run.output
+
+
 def test_ddp_options_survive_every_rewrap(tmp_path: Path) -> None:
     run = launch(tmp_path, "--ddp-options")
     assert run.returncode == 0, run.output[-3000:]

@@ -132,3 +132,13 @@ def test_unscheduled_parameters_get_one_warning_and_stay_frozen(fit) -> None:
 def test_constructor_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(FTSConfigError, match=match):
         FinetuningScheduler(**kwargs)
+
+
+def test_a_thawed_parameter_without_gradient_gets_a_warning_on_one_process(fit) -> None:
+    model = Recorder(scripted_val_loss=[1.0, 1.1, 1.2, 1.3])
+    model.spare = torch.nn.Linear(2, 2)  # thawed in phase 1, never called by forward
+    schedule = {0: {"params": ["layers.3.*"]}, 1: {"params": ["layers.2.*", "spare.*"]}}
+    with pytest.warns(UserWarning, match=re.escape("thawed by phase 1 or earlier got no gradient")) as warned:
+        fit(model, ft_schedule=schedule, max_epochs=4)
+    messages = [str(w.message) for w in warned if "got no gradient" in str(w.message)]
+    assert len(messages) == 1 and "['spare.weight', 'spare.bias']" in messages[0]

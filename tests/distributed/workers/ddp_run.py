@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--scheduler", default="none")
     parser.add_argument("--optimizer", choices=["sgd", "zero", "oss"], default="sgd")
     parser.add_argument("--naive", action="store_true", help="thaw without the DDP adapter (expected to diverge)")
-    parser.add_argument("--plant", choices=["none", "mismatch", "raise"], default="none")
+    parser.add_argument("--plant", choices=["none", "mismatch", "raise", "unused"], default="none")
     parser.add_argument("--max-epochs", type=int, default=5)
     parser.add_argument("--ddp-options", action="store_true", help="non-default DDP options that must survive")
     args = parser.parse_args()
@@ -115,9 +115,13 @@ def main() -> None:
         scheduler=scheduler_factory(args.scheduler),
         scripted_val_loss=SCRIPTS.get(args.mode),
     )
+    schedule = EPOCH_SCHEDULE if args.mode == "epochs" else SCHEDULE
+    if args.plant == "unused":  # a thawed layer that forward never calls
+        model.spare = torch.nn.Linear(2, 2)
+        schedule = {**schedule, 1: {**schedule[1], "params": [*schedule[1]["params"], "spare.*"]}}
     callbacks: list[Any] = [
         FinetuningScheduler(
-            ft_schedule=EPOCH_SCHEDULE if args.mode == "epochs" else SCHEDULE,
+            ft_schedule=schedule,
             epoch_transitions_only=args.mode == "epochs",
             check_replicas=not args.naive,
             restore_best=args.plant != "mismatch",
