@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import weakref
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -57,6 +58,8 @@ class DDPAdapter(StrategyAdapter):
         assert isinstance(strategy, DDPStrategy)
         if not isinstance(strategy.model, DistributedDataParallel):
             return  # not wrapped yet (resume before setup finished) or not fitting
+        previous = weakref.ref(strategy.model)
         strategy.model = strategy.lightning_module
-        gc.collect()  # free the old reducer now: its autograd hooks must not fire in the next backward
+        if previous() is not None:  # kept alive by a reference cycle: its reducer's hooks and buckets must go now
+            gc.collect()
         strategy.configure_ddp()
