@@ -37,8 +37,19 @@ def run_worker(script: Path, args: Sequence[str], world: int, timeout_s: int = 1
     if world == 1:
         command = [sys.executable, str(script), *args]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world),
-                   "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script), *args]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(world),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            str(script),
+            *args,
+        ]
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")

@@ -47,7 +47,7 @@ def overhead_section(runs: dict[tuple[str, int], list[dict]], out: Path) -> Sect
     plot = save_bar_plot(out / "step_overhead.png", labels, ratios, "step time / plain", "Step time vs plain")
     body = markdown_table(["processes", "variant", "step ms (min)", "step ms (median)", "ratio to plain"], rows)
     note = (
-        "\n\nMLP 6x256 with a 10-class head, batch 64 per rank, CPU (gloo for 2 ranks); per-launch median of the "
+        "\n\nMLP 32-256x6 with a 10-class head, batch 64 per rank, CPU (gloo for 2 ranks); per-launch median of the "
         "last epoch's step times (first 3 skipped), all parameters trainable in every variant."
     )
     return Section("(a) Step-time overhead against plain Lightning", body + note, [plot])
@@ -59,12 +59,14 @@ def peers_section(runs: dict[tuple[str, int], list[dict]], out: Path) -> Section
         if variant == "plain":
             continue
         results = runs[(variant, 2)]
-        rows.append([
-            variant,
-            f"{median([r['wall_s'] for r in results]):.1f}",
-            f"{median([r['val_acc'] for r in results]):.4f}",
-            f"{max(r['replica_max_diff'] for r in results):.2e}",
-        ])
+        rows.append(
+            [
+                variant,
+                f"{median([r['wall_s'] for r in results]):.1f}",
+                f"{median([r['val_acc'] for r in results]):.4f}",
+                f"{max(r['replica_max_diff'] for r in results):.2e}",
+            ]
+        )
     body = markdown_table(["2-rank DDP", "wall s (median)", "val acc", "largest weight difference between ranks"], rows)
     note = (
         "\n\nSame module, data and 7-phase epoch-driven schedule under both. A non-zero difference between ranks "

@@ -9,6 +9,7 @@ difference between ranks.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import time
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-WIDTH, DEPTH, BATCH, CLASSES = 256, 6, 64, 10
+IN_FEATURES, WIDTH, DEPTH, BATCH, CLASSES = 32, 256, 6, 64, 10
 
 
 def schedule() -> dict[int, dict[str, Any]]:
@@ -31,8 +32,8 @@ def schedule() -> dict[int, dict[str, Any]]:
 
 def teacher_data(samples: int) -> tuple[TensorDataset, TensorDataset]:
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(samples + 1024, WIDTH, generator=generator)
-    teacher = torch.randn(WIDTH, CLASSES, generator=generator)
+    x = torch.randn(samples + 1024, IN_FEATURES, generator=generator)
+    teacher = torch.randn(IN_FEATURES, CLASSES, generator=generator)
     y = (x @ teacher).argmax(-1)  # a linear teacher: learnable from the head down
     return TensorDataset(x[:samples], y[:samples]), TensorDataset(x[samples:], y[samples:])
 
@@ -42,7 +43,10 @@ def build_module(pl: Any) -> Any:
         def __init__(self) -> None:
             super().__init__()
             torch.manual_seed(0)
-            self.body = nn.Sequential(*[nn.Sequential(nn.Linear(WIDTH, WIDTH), nn.ReLU()) for _ in range(DEPTH)])
+            widths = [IN_FEATURES] + [WIDTH] * DEPTH
+            self.body = nn.Sequential(
+                *[nn.Sequential(nn.Linear(i, o), nn.ReLU()) for i, o in itertools.pairwise(widths)]
+            )
             self.head = nn.Linear(WIDTH, CLASSES)
             self.step_times: list[float] = []
             self._t0 = 0.0
@@ -110,6 +114,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     out = Path(args.out)
+    torch.set_flush_denormal(True)  # long-trained moments go denormal on CPU and slow whichever run trained longest
     world = int(os.environ.get("WORLD_SIZE", "1"))
     pl, callbacks = callbacks_for(args.variant, out)
     train, val = teacher_data(BATCH * args.steps * world)

@@ -15,6 +15,7 @@ from fts_dist.adapters.param_groups import (
     params_in_optimizer,
     truncate_param_groups,
 )
+from fts_dist.checkpoint_io import install_atomic_checkpoint_io
 from fts_dist.coordinator import Comm, LocalComm, PhasePlan
 from fts_dist.errors import FTSConfigError
 
@@ -54,6 +55,10 @@ class StrategyAdapter:
 
     def on_trainable_changed(self, trainer: pl.Trainer) -> None:
         """Called after the trainable set grew (a transition, or a resume past phase 0)."""
+
+    def prepare_checkpointing(self, trainer: pl.Trainer) -> None:
+        """Make checkpoint writes atomic (whole file or none), unless the user configured a checkpoint IO."""
+        install_atomic_checkpoint_io(self.strategy)
 
     def unused_parameters_are_fatal(self) -> bool:
         """Whether a thawed parameter that gets no gradient breaks training under this strategy (not just idles)."""

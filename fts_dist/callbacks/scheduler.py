@@ -164,6 +164,7 @@ class FinetuningScheduler(Callback):
         )
         self.adapter = resolve_adapter(trainer.strategy, self.allow_untested)
         self.adapter.validate_strategy(trainer)
+        self.adapter.prepare_checkpointing(trainer)
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)
         source = None if self.gen_ft_sched_only else self.ft_schedule  # gen-only always writes the implicit one
         resolved = build_schedule(source, pl_module, log_dir, self.adapter.comm, self.epoch_transitions_only)
