@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import tempfile
 import time
@@ -24,8 +25,6 @@ SECTIONS = {"overhead": overhead_and_peers, "phases": phase_costs, "accuracy": t
 
 
 def machine() -> str:
-    import os
-
     return (
         f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
         f"torch {torch.__version__}"
@@ -37,7 +36,7 @@ def report(sections: list[Section], quick: bool, plots_dir: Path, markdown_dir: 
     for section in sections:
         lines += [f"## {section.title}", "", section.markdown, ""]
         for plot in section.plots:
-            lines += [f"![{plot.stem}]({plot.resolve().relative_to(markdown_dir.resolve(), walk_up=True)})", ""]
+            lines += [f"![{plot.stem}]({os.path.relpath(plot.resolve(), markdown_dir.resolve())})", ""]
     return "\n".join(lines)
 
 

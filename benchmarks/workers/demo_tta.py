@@ -62,13 +62,14 @@ def run_finetuning_scheduler(config: DemoConfig, timeline_for: Any) -> list[tupl
         callbacks=[
             fts.FinetuningScheduler(ft_schedule=explicit_schedule_path(), base_max_lr=config.full_lr),
             fts.FTSEarlyStopping(monitor="val_loss", patience=config.patience),
-            fts.FTSCheckpoint(monitor="val_loss", save_top_k=1),
+            fts.FTSCheckpoint(monitor="val_loss", save_top_k=1, save_last=True),  # as the demo's
             timeline,
         ],
         default_root_dir=config.root_dir,
         enable_progress_bar=False,
         enable_model_summary=False,
-        logger=False,
+        logger=lpl.loggers.CSVLogger(str(config.root_dir), name="demo"),
+        log_every_n_steps=5,
     )
     trainer.fit(model, data.train_dataloader(), data.val_dataloader())
     return timeline.points

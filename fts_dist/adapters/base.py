@@ -44,6 +44,7 @@ class StrategyAdapter:
 
     def __init__(self, strategy: pl.strategies.Strategy) -> None:
         self.strategy = strategy
+        self.rank_locations: list[tuple[str, int]] = []  # (host, pid) of every rank, once known
 
     # -- seams -------------------------------------------------------------------------------------------------
     @property
@@ -55,6 +56,13 @@ class StrategyAdapter:
 
     def on_trainable_changed(self, trainer: pl.Trainer) -> None:
         """Called after the trainable set grew (a transition, or a resume past phase 0)."""
+
+    def start_liveness_checks(self, trainer: pl.Trainer) -> None:
+        """Multi-process adapters: make this rank end when its launcher dies (see :mod:`fts_dist.adapters.liveness`)."""
+
+    def describe_failure(self) -> str | None:
+        """After an exception: what this rank can tell about its peers (e.g. which ones died), or None."""
+        return None
 
     def prepare_checkpointing(self, trainer: pl.Trainer) -> None:
         """Make checkpoint writes atomic (whole file or none), unless the user configured a checkpoint IO."""

@@ -13,6 +13,10 @@ from torch import Tensor
 class FTSCheckpoint(ModelCheckpoint):
     """A :class:`~pytorch_lightning.callbacks.ModelCheckpoint` that tracks the best checkpoint across phases.
 
+    A best checkpoint that a newer one replaces is deleted at the start of the next epoch, not at once: until the
+    next resume checkpoint is written, the last one still names it, and a run killed in between needs it to replay
+    its transition.
+
     ``best_model_path`` is the checkpoint the :class:`~fts_dist.FinetuningScheduler` restores at a transition
     (``restore_best=True``); ``best_ckpt_depth`` is the depth at which it was written and ``current_ckpt_depth``
     the depth of the latest save. Both survive a restart. Saving happens after validation unless
@@ -30,6 +34,7 @@ class FTSCheckpoint(ModelCheckpoint):
         self.current_ckpt_depth = 0
         self.best_ckpt_depth = 0
         self.depth_source: Callable[[], int] = lambda: 0
+        self._pending_removals: list[str] = []
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._save_on_train_epoch_end is None:
@@ -42,6 +47,24 @@ class FTSCheckpoint(ModelCheckpoint):
         super()._save_topk_checkpoint(trainer, monitor_candidates)
         if self.best_model_path != best_before:
             self.best_ckpt_depth = self.current_ckpt_depth
+
+    def _remove_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        # A replaced best checkpoint is still named by the resume checkpoints written up to now: a run killed before
+        # the next one is written resumes there and restores it at its next transition. Delete it one epoch later.
+        self._pending_removals.append(filepath)
+
+    def _flush_removals(self, trainer: pl.Trainer) -> None:
+        pending, self._pending_removals = self._pending_removals, []
+        for filepath in pending:
+            if filepath not in (self.best_model_path, self.last_model_path):
+                super()._remove_checkpoint(trainer, filepath)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush_removals(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._flush_removals(trainer)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,7 @@ class FinetuningScheduler(Callback):
         self.adapter = resolve_adapter(trainer.strategy, self.allow_untested)
         self.adapter.validate_strategy(trainer)
         self.adapter.prepare_checkpointing(trainer)
+        self.adapter.start_liveness_checks(trainer)
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)
         source = None if self.gen_ft_sched_only else self.ft_schedule  # gen-only always writes the implicit one
         resolved = build_schedule(source, pl_module, log_dir, self.adapter.comm, self.epoch_transitions_only)
@@ -213,6 +215,16 @@ class FinetuningScheduler(Callback):
         if self._check_unused_pending:  # once per phase: the first backward shows which thawed tensors get no grad
             self._check_unused_pending = False
             self._check_unused_parameters(pl_module)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # printed by the failing rank itself (not rank 0 only), so a multi-rank log names who failed
+        peers = self.adapter.describe_failure() if self.adapter else None
+        print(
+            f"fts_dist: rank {trainer.global_rank} failed at epoch {trainer.current_epoch}, phase {self.curr_depth}: "
+            f"{type(exception).__name__}: {exception}" + (f" ({peers})" if peers else ""),
+            file=sys.stderr,
+            flush=True,
+        )
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         starts = self._coordinator.state.phase_start_epochs

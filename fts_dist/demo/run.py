@@ -21,6 +21,7 @@ from pytorch_lightning.loggers import CSVLogger
 
 from fts_dist.callbacks import FinetuningScheduler, FTSCheckpoint, FTSEarlyStopping
 from fts_dist.callbacks.progress import FTSProgressBar, PhaseSummary
+from fts_dist.elastic import init_process_group_for_attempt
 
 MODES = ("schedule", "head-only", "full")
 DEFAULT_ROOT_DIR = "fts_dist_demo_logs"
@@ -134,6 +135,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     data = BBCNewsDataModule(
         path, config.train_per_class, config.val_per_class, config.max_length, config.batch_size, config.seed
     )
+    init_process_group_for_attempt()  # under torchrun: elastic restarts get a clean rendezvous
     trainer, summary = build_trainer(config, root)
     started = time.perf_counter()
     trainer.fit(model, datamodule=data)

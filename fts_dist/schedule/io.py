@@ -41,10 +41,14 @@ def load_schedule_file(path: str | os.PathLike[str]) -> Any:
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise FTSConfigError(
             f"Cannot read fine-tuning schedule file '{path}': {err.strerror or err}. Check the `ft_schedule` path."
+        ) from err
+    except UnicodeDecodeError as err:
+        raise FTSConfigError(
+            f"Fine-tuning schedule file '{path}' is not UTF-8 text (byte {err.start}): is it the schedule YAML?"
         ) from err
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)

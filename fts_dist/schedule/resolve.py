@@ -44,7 +44,8 @@ def resolve_schedule(schedule: Schedule, param_names: Sequence[str]) -> Resolved
             for name in matched:
                 if name in owner and owner[name] != depth:
                     raise FTSConfigError(
-                        f"Parameter '{name}' is in phase {owner[name]} and again in phase {depth} (via '{entry}'). "
+                        f"Parameter '{name}' is in phase {owner[name]} and again in phase {depth} "
+                        f"(via `params` entry '{entry}'). "
                         "Each parameter thaws once: remove it from one phase or narrow the pattern.",
                         phase=depth,
                         key="params",
@@ -62,7 +63,8 @@ def _match_pattern(depth: int, pattern: str, param_names: Sequence[str]) -> set[
         compiled = re.compile(pattern)
     except re.error as err:
         raise FTSConfigError(
-            f"Phase {depth} entry '{pattern}' is neither a parameter name nor a valid regular expression ({err}).",
+            f"Phase {depth} `params` entry '{pattern}' is neither a parameter name nor a valid regular expression "
+            f"({err}).",
             phase=depth,
             key="params",
         ) from err
@@ -70,7 +72,7 @@ def _match_pattern(depth: int, pattern: str, param_names: Sequence[str]) -> set[
     if not matched:
         hint = ", ".join(list(param_names)[:3])
         raise FTSConfigError(
-            f"Phase {depth} entry '{pattern}' matches no parameter of the model. Names look like: {hint}, ... "
+            f"Phase {depth} `params` entry '{pattern}' matches no parameter of the model. Names look like: {hint}, ... "
             "(see `fts-dist schedule show` or `model.named_parameters()`).",
             phase=depth,
             key="params",

@@ -27,7 +27,10 @@ def assert_fails_before_training(fit, match: str, model: Any = None, **kwargs: A
 @pytest.mark.parametrize(
     ("schedule", "match"),
     [
-        ({0: {"params": ["layers.3.weight", "layers.9.weight"]}}, "Phase 0 entry 'layers.9.weight' matches no"),
+        (
+            {0: {"params": ["layers.3.weight", "layers.9.weight"]}},
+            "Phase 0 `params` entry 'layers.9.weight' matches no",
+        ),
         (
             {0: {"params": ["layers.3.*"]}, 1: {"params": ["layers.[23].bias"]}},
             "Parameter 'layers.3.bias' is in phase 0 and again in phase 1",

@@ -52,7 +52,12 @@ def test_resolution_expands_regexes_in_parameter_order_and_lists_unscheduled() -
 @pytest.mark.parametrize(
     ("raw", "match", "phase", "key"),
     [
-        ({0: {"params": ["head.weight"]}, 1: {"params": ["nope.*"]}}, "Phase 1 entry 'nope.*' matches no", 1, "params"),
+        (
+            {0: {"params": ["head.weight"]}, 1: {"params": ["nope.*"]}},
+            "Phase 1 `params` entry 'nope.*' matches no",
+            1,
+            "params",
+        ),
         (
             {0: {"params": ["head.*"]}, 1: {"params": ["head.bias"]}},
             "'head.bias' is in phase 0 and again in phase 1",

@@ -1,0 +1,77 @@
+"""SIGKILL at random moments, mid-write and mid-restore; every resume ends where the uninterrupted run does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.reliability.driver import (
+    every_checkpoint_loads,
+    final_weights,
+    finished,
+    run_with_random_kills,
+    start,
+)
+
+pytestmark = [pytest.mark.distributed, pytest.mark.timeout(600)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[int, tuple[dict[str, torch.Tensor], float]]:
+    """Final weights and wall time of a run that is never killed, on 1 process and on 2 ranks."""
+    runs = {}
+    for world in (1, 2):
+        out = tmp_path_factory.mktemp(f"uninterrupted{world}")
+        attempt = start(out, world)
+        assert attempt.returncode == 0, attempt.output[-3000:]
+        runs[world] = (final_weights(out), attempt.seconds)
+    return runs
+
+
+def assert_same_weights(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value, rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize(("world", "seed"), [(1, 0), (1, 1), (1, 2), (2, 3), (2, 4)])
+def test_random_sigkills_then_resume_end_with_the_uninterrupted_weights(
+    tmp_path: Path, uninterrupted, world: int, seed: int
+) -> None:
+    expected, seconds = uninterrupted[world]
+    campaign = run_with_random_kills(tmp_path, world, seed, seconds)
+    assert campaign.kills >= 1, "the first start must be killed before it ends"
+    print(f"kills: {campaign.kills}, starts: {len(campaign.attempts)}")
+    assert_same_weights(final_weights(tmp_path), expected)
+    if world == 2:
+        assert_same_weights(final_weights(tmp_path, rank=1), expected)
+    every_checkpoint_loads(tmp_path)
+
+
+@pytest.mark.parametrize("nth_save", [2, 5, 9])
+def test_a_kill_while_a_checkpoint_is_written_leaves_every_checkpoint_whole(
+    tmp_path: Path, uninterrupted, nth_save: int
+) -> None:
+    killed = start(tmp_path, 1, "--kill-on-save", str(nth_save))
+    assert killed.returncode == -9 and not finished(tmp_path)
+    partials = sorted(tmp_path.rglob(".*.partial-*"))
+    assert len(partials) == 1, "the kill must land inside a checkpoint write"
+    assert every_checkpoint_loads(tmp_path), "the checkpoints written before the kill are still there, and whole"
+    resumed = start(tmp_path, 1)
+    assert resumed.returncode == 0, resumed.output[-3000:]
+    assert_same_weights(final_weights(tmp_path), uninterrupted[1][0])
+    assert not partials[0].exists() or partials[0].parent.name != "resume"  # a later save of it cleaned it up
+
+
+@pytest.mark.parametrize("nth_restore", [1, 2])
+def test_a_kill_inside_a_transition_restore_resumes_and_replays_the_transition(
+    tmp_path: Path, uninterrupted, nth_restore: int
+) -> None:
+    killed = start(tmp_path, 1, "--kill-on-restore", str(nth_restore))
+    assert killed.returncode == -9 and not finished(tmp_path)
+    resumed = start(tmp_path, 1)
+    assert resumed.returncode == 0, resumed.output[-3000:]
+    assert f"phase {nth_restore} of 2 begins" in resumed.output  # replayed, from the last epoch-end checkpoint
+    assert_same_weights(final_weights(tmp_path), uninterrupted[1][0])

@@ -1,0 +1,78 @@
+"""One rank raising or killed, or the launcher killed, ends every rank of a 2-rank job within 60 s, never a hang,
+and the output names the failing rank. Elastic restarts resume at the right phase."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from tests.reliability.driver import command, final_weights, finished, start
+
+pytestmark = [pytest.mark.distributed, pytest.mark.timeout(300)]
+LIMIT_S = 60
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "lightning"])
+@pytest.mark.parametrize(("rank", "how"), [(1, "raise"), (1, "kill"), (0, "raise"), (0, "kill")])
+def test_a_failing_rank_ends_the_job_within_a_minute_and_is_named(
+    tmp_path: Path, launcher: str, rank: int, how: str
+) -> None:
+    attempt = start(tmp_path, 2, "--die-at-epoch", "2", "--rank", str(rank), "--how", how, launcher=launcher)
+    assert attempt.returncode != 0 and not finished(tmp_path)
+    assert attempt.seconds < LIMIT_S, f"took {attempt.seconds:.0f} s:\n{attempt.output[-3000:]}"
+    output = attempt.output
+    if how == "raise":
+        named = f"fts_dist: rank {rank} failed at epoch 2, phase 0: RuntimeError: planted failure on rank {rank}"
+        assert named in output
+    elif launcher == "torchrun":
+        assert re.search(rf"rank\s*:\s*{rank} \(local_rank: {rank}\)", output), output[-3000:]
+        assert "Signal 9 (SIGKILL)" in output
+    else:  # the survivor names the dead rank, or (rank 0 was the launcher) notices it is orphaned
+        named = f"rank(s) [{rank}] on this host are no longer running" in output
+        orphaned = rank == 0 and "fts_dist: rank 1: its launcher" in output
+        assert named or orphaned, output[-3000:]
+    time.sleep(1)
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+
+
+def test_a_killed_torchrun_agent_ends_its_workers(tmp_path: Path) -> None:
+    """torchrun starts workers in sessions of their own: without fts_dist's watch they would wait 30 min."""
+    started = time.monotonic()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    agent = subprocess.Popen(
+        command(tmp_path, 2),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    while not (tmp_path / "resume" / "last.ckpt").exists():  # training is under way on both ranks
+        assert agent.poll() is None and time.monotonic() - started < 90
+        time.sleep(0.2)
+    workers = psutil.Process(agent.pid).children(recursive=True)
+    agent.kill()  # the agent only, not its workers
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    output, _ = agent.communicate(timeout=30)
+    assert not alive, f"workers still running 10 s after their agent died:\n{output[-3000:]}"
+    assert "fts_dist: rank 0: its launcher" in output and "fts_dist: rank 1: its launcher" in output
+
+
+def test_elastic_restart_resumes_at_the_right_phase_with_the_same_result(tmp_path: Path, tmp_path_factory) -> None:
+    reference_dir = tmp_path_factory.mktemp("reference")
+    assert start(reference_dir, 2).returncode == 0
+    attempt = start(tmp_path, 2, "--die-at-epoch", "4", "--rank", "1", "--how", "kill", max_restarts=1)
+    assert attempt.returncode == 0, attempt.output[-3000:]
+    assert "fts_dist: resumed at phase 1 of 2." in attempt.output  # killed in phase 1 (epochs 3-4)
+    saved = torch.load(tmp_path / "final-rank0.pt", weights_only=False)
+    assert saved["depth"] == 2
+    for name, value in final_weights(reference_dir).items():
+        torch.testing.assert_close(final_weights(tmp_path)[name], value, rtol=0, atol=1e-6)
+        torch.testing.assert_close(final_weights(tmp_path, 1)[name], value, rtol=0, atol=1e-6)
