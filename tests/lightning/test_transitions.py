@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -102,18 +100,3 @@ def test_step_moves_to_the_next_phase_on_demand(fit) -> None:
     )
     assert depths_by_epoch(model.records)[:3] == [0, 0, 1]
     assert fts.schedule[1].params == tuple(PHASE1)
-
-
-def test_an_unreadable_best_checkpoint_is_named_and_left_in_place(fit, tmp_path) -> None:
-    class TruncateBest(pl.Callback):
-        def on_train_epoch_start(self, trainer, pl_module) -> None:
-            if trainer.current_epoch == 3:
-                best = Path(trainer.checkpoint_callback.best_model_path)
-                best.write_bytes(best.read_bytes()[: best.stat().st_size // 2])
-
-    from fts_dist.adapters import CheckpointRestoreError
-
-    model = Recorder(scripted_val_loss=[1.0, 0.5, 0.9, 0.8])
-    with pytest.raises(CheckpointRestoreError, match=r"Cannot restore the best checkpoint '.*epoch=1-step=8.ckpt'"):
-        fit(model, ft_schedule=SCHEDULE, max_epochs=5, extra_callbacks=[TruncateBest()])
-    assert (tmp_path / "ckpts" / "epoch=1-step=8.ckpt").exists()

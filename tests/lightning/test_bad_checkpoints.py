@@ -1,0 +1,53 @@
+"""A truncated, corrupted, foreign or missing best checkpoint at a transition: a clear error naming the file,
+raised before the transition changes anything, and the last good checkpoint stays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from fts_dist.adapters import CheckpointRestoreError
+from tests.lightning.conftest import Recorder
+from tests.modules import SCHEDULE
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def corrupt(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[:64] = bytes(range(64))  # no longer a zip archive
+    path.write_bytes(bytes(data))
+
+
+def foreign(path: Path) -> None:
+    torch.save({"weights": torch.zeros(3)}, path)  # a readable file, but not a Lightning checkpoint
+
+
+def delete(path: Path) -> None:
+    path.unlink()
+
+
+@pytest.mark.parametrize("damage", [truncate, corrupt, foreign, delete], ids=lambda f: f.__name__)
+def test_a_bad_best_checkpoint_is_named_and_the_last_good_one_stays(fit, tmp_path: Path, damage) -> None:
+    class DamageBest(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            if trainer.current_epoch == 3:  # after this epoch's transition; phase 2's, next epoch, restores it
+                damage(Path(trainer.checkpoint_callback.best_model_path))
+
+    model = Recorder(scripted_val_loss=[1.0, 0.5, 0.9, 0.8])
+    with pytest.raises(CheckpointRestoreError, match=r"Cannot restore the best checkpoint '.*epoch=1-step=8.ckpt'"):
+        fit(model, ft_schedule=SCHEDULE, max_epochs=5, save_last=True, extra_callbacks=[DamageBest()])
+    assert depths_by_epoch_seen(model) == [0, 0, 0, 1], "no epoch ran at phase 2"
+    last = torch.load(tmp_path / "ckpts" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 1 and "state_dict" in last  # the last good checkpoint, whole
+    if damage is not delete:
+        assert (tmp_path / "ckpts" / "epoch=1-step=8.ckpt").exists(), "the damaged file is left for inspection"
+
+
+def depths_by_epoch_seen(model) -> list[int]:
+    return [len(record["lrs"]) - 1 for record in model.records]
