@@ -46,18 +46,23 @@ def supported_strategies() -> list[str]:
     return sorted(cls.__name__ for cls, adapter in _ADAPTERS.items() if adapter is not None)
 
 
+def adapter_class_for(strategy_cls: type[pl.strategies.Strategy]) -> type[StrategyAdapter] | None:
+    """The adapter class for a strategy class: its own entry, else its nearest registered base class's."""
+    for cls in strategy_cls.__mro__:
+        if cls in _ADAPTERS:
+            return _ADAPTERS[cls]
+    return None
+
+
 def resolve_adapter(strategy: pl.strategies.Strategy, allow_untested: bool = False) -> StrategyAdapter:
     """The adapter for ``strategy``: its own class's entry, else its nearest registered base class's.
 
     Raises:
         FTSConfigError: no adapter serves the strategy and ``allow_untested`` is False.
     """
-    for cls in type(strategy).__mro__:
-        if cls in _ADAPTERS:
-            adapter_cls = _ADAPTERS[cls]
-            if adapter_cls is not None:
-                return adapter_cls(strategy)
-            break
+    adapter_cls = adapter_class_for(type(strategy))
+    if adapter_cls is not None:
+        return adapter_cls(strategy)
     name = type(strategy).__name__
     if not allow_untested:
         raise FTSConfigError(

@@ -55,11 +55,11 @@ def stratified_split(
 
 
 class BBCNewsDataModule(pl.LightningDataModule):
-    """Tokenized BBC News topics; ``model_path`` names the tokenizer (the pretrained model's directory)."""
+    """Tokenized BBC News topics; ``model_path`` names the tokenizer (default: the packaged all-MiniLM-L6-v2)."""
 
     def __init__(
         self,
-        model_path: str,
+        model_path: str | None = None,
         train_per_class: int = 80,
         val_per_class: int = 40,
         max_length: int = 64,
@@ -77,7 +77,9 @@ class BBCNewsDataModule(pl.LightningDataModule):
         from transformers import AutoTokenizer
 
         hp = self.hparams
-        tokenizer = AutoTokenizer.from_pretrained(hp["model_path"])
+        from fts_dist.demo.model import pretrained_model_path
+
+        tokenizer = AutoTokenizer.from_pretrained(hp["model_path"] or pretrained_model_path())
         train, val = stratified_split(load_bbc_news(), hp["train_per_class"], hp["val_per_class"], hp["seed"])
         self.train_set = self._tensorize(tokenizer, train)
         self.val_set = self._tensorize(tokenizer, val)

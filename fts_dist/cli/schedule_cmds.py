@@ -1,0 +1,121 @@
+"""``fts-dist schedule gen | validate | show``: schedule files checked and explained without training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fts_dist.adapters import adapter_class_for, supported_strategies
+from fts_dist.cli.objects import build_model
+from fts_dist.errors import FTSConfigError
+from fts_dist.schedule import (
+    Schedule,
+    dump_schedule,
+    generate_implicit_schedule,
+    load_schedule_file,
+    resolve_schedule,
+    schedule_file_name,
+)
+
+
+def generate(model_spec: str, init_args: str | None, out: str | None) -> Path:
+    model = build_model(model_spec, init_args)
+    schedule = generate_implicit_schedule([name for name, _ in model.named_parameters()])
+    return dump_schedule(schedule, out or schedule_file_name(type(model).__name__))
+
+
+@dataclass
+class Validation:
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    schedule: Schedule | None = None
+    sizes: dict[str, int] = field(default_factory=dict)  # parameter name -> numel
+
+
+def strategy_class(name: str) -> Any:
+    from pytorch_lightning.strategies import StrategyRegistry
+
+    if name not in StrategyRegistry:
+        raise FTSConfigError(
+            f"Unknown strategy {name!r}; Lightning knows {sorted(StrategyRegistry.available_strategies())}.",
+            key="strategy",
+        )
+    return StrategyRegistry[name]["strategy"]
+
+
+def validate(
+    schedule_path: str, model_spec: str, init_args: str | None, strategy: str | None, epoch_transitions_only: bool
+) -> Validation:
+    """Every check the callback makes before training, without a Trainer: file, structure, names, strategy."""
+    result = Validation()
+    try:
+        raw = load_schedule_file(schedule_path)
+        schedule = Schedule.from_dict(raw, epoch_transitions_only=epoch_transitions_only)
+        model = build_model(model_spec, init_args)
+        result.sizes = {name: param.numel() for name, param in model.named_parameters()}
+        resolved = resolve_schedule(schedule, list(result.sizes))
+        result.schedule = resolved.schedule
+        if resolved.unscheduled:
+            unscheduled = list(resolved.unscheduled)
+            result.warnings.append(f"{len(unscheduled)} parameter(s) are in no phase and stay frozen: {unscheduled}")
+    except FTSConfigError as err:
+        result.errors.append(str(err))
+    if strategy:
+        try:
+            if adapter_class_for(strategy_class(strategy)) is None:
+                result.errors.append(
+                    f"fts_dist has no adapter for strategy {strategy!r} yet; supported: {supported_strategies()}."
+                )
+        except FTSConfigError as err:
+            result.errors.append(str(err))
+    return result
+
+
+def phase_rows(validation: Validation) -> list[list[str]]:
+    assert validation.schedule is not None
+    rows = []
+    for depth, phase in enumerate(validation.schedule.phases):
+        numel = sum(validation.sizes[name] for name in phase.params)
+        names = ", ".join(phase.params[:3]) + (f", ... (+{len(phase.params) - 3})" if len(phase.params) > 3 else "")
+        lr = (
+            "optimizer's"
+            if depth == 0 and phase.lr is None
+            else ("base_max_lr" if phase.lr is None else f"{phase.lr:g}")
+        )
+        epoch = "early stopping" if phase.max_transition_epoch < 0 else str(phase.max_transition_epoch)
+        rows.append([str(depth), str(len(phase.params)), f"{numel:,}", lr, epoch, names])
+    return rows
+
+
+def format_table(rows: list[list[str]]) -> str:
+    header = ["phase", "tensors", "parameters", "lr", "max_transition_epoch", "params"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def plot_timeline(validation: Validation, out: str) -> Path:
+    """Phase bars over epochs; phases that early stopping ends are drawn one epoch long and hatched."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    assert validation.schedule is not None
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(validation.schedule) + 1.2))
+    start = 0
+    for depth, phase in enumerate(validation.schedule.phases):
+        end = phase.max_transition_epoch if phase.max_transition_epoch > start else start + 1
+        hatch = "//" if phase.max_transition_epoch < 0 else None
+        ax.barh(depth, end - start, left=start, hatch=hatch, color="tab:blue", edgecolor="white")
+        trainable = sum(validation.sizes[n] for p in validation.schedule.phases[: depth + 1] for n in p.params)
+        ax.text(end + 0.05, depth, f"{trainable:,} trainable", va="center", fontsize=8)
+        start = end
+    ax.set_yticks(range(len(validation.schedule)), [f"phase {d}" for d in range(len(validation.schedule))])
+    ax.invert_yaxis()
+    ax.set_xlabel("epoch")
+    ax.set_title("Fine-tuning schedule (hatched: ends by early stopping)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return Path(out)
