@@ -1,8 +1,9 @@
 """Map a cluster's environment to a torchrun command (SLURM, Kubernetes PyTorchJob, plain torchrun variables).
 
 ``python -m fts_dist.launcher [--dry-run] -- fit --config cfg.yaml`` prints the torchrun command it builds and
-runs it (only prints it with ``--dry-run`` or ``FTS_LAUNCH_DRY_RUN=1``) (the Docker images' entrypoint and the ``launch/`` scripts use it). :func:`torchrun_args` is pure: give it
-an environment mapping, get torchrun's arguments or a :class:`LaunchConfigError` naming what is missing.
+runs it (with ``--dry-run`` or ``FTS_LAUNCH_DRY_RUN=1`` it only prints it); the Docker images' entrypoint and the
+``launch/`` scripts use it. :func:`torchrun_args` is pure: give it an environment mapping, get torchrun's
+arguments or a :class:`LaunchConfigError` naming what is missing.
 
 Precedence, per setting: ``FTS_*`` overrides, then torchrun-style ``NNODES``/``NODE_RANK``/``NPROC_PER_NODE``, then
 SLURM's variables, then a PyTorchJob's ``WORLD_SIZE``/``RANK`` (one pod per node: they count nodes there).
