@@ -14,7 +14,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
 from pytorch_lightning.strategies import DDPStrategy
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
@@ -23,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from fts_dist import FinetuningScheduler, FTSCheckpoint, FTSEarlyStopping
 from fts_dist.adapters import StrategyAdapter, register_adapter
 from tests.modules import SCHEDULE, define_module
+from tests.worker_exit import finish_worker
 
 Recorder = define_module(pl)
 BATCH, STEPS, WORLD = 4, 3, 2
@@ -163,12 +163,7 @@ def main() -> None:
     result = {"records": model.records, "final": {k: v.clone() for k, v in model.state_dict().items()}}
     result["ddp"] = getattr(model, "ddp_wrapper", None)
     torch.save(result, out / f"rank{trainer.global_rank}{'-reference' if args.reference else ''}.pt")
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # measured: gloo sometimes aborts at interpreter exit after a successful run
+    finish_worker()
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.strategies import DDPStrategy
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
@@ -30,6 +29,7 @@ from fts_dist.adapters import StrategyAdapter
 from fts_dist.checkpoint_io import atomic_torch_save
 from fts_dist.elastic import init_process_group_for_attempt
 from tests.modules import SCHEDULE, define_module
+from tests.worker_exit import finish_worker
 
 Recorder = define_module(pl)
 BATCH, STEPS = 4, 12
@@ -144,12 +144,7 @@ def main() -> None:
     )
     final = {k: v.clone() for k, v in model.state_dict().items()}
     atomic_torch_save({"final": final, "depth": callbacks[0].curr_depth}, out / f"final-rank{trainer.global_rank}.pt")
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # measured: gloo sometimes aborts at interpreter exit after a successful run
+    finish_worker()
 
 
 if __name__ == "__main__":

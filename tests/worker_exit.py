@@ -1,0 +1,19 @@
+"""How a multi-process test worker ends after a successful run."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch.distributed as dist
+
+
+def finish_worker() -> None:
+    """Leave the process group together, flush, and exit 0 without interpreter teardown (measured: gloo sometimes
+    aborts at interpreter exit after a successful run)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
