@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,3 +43,23 @@ def test_demo_runs_the_three_phases_and_reports_them(tmp_path: Path) -> None:
     assert trainable[2] == 22_567_301  # everything but the pooler, which mean pooling never uses
     assert "| phase | epochs | trainable params | best val_acc | time (s) |" in result.table
     assert 0.0 <= result.best_val_acc <= 1.0
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(420)
+def test_the_demo_command_runs_unchanged_under_torchrun_on_two_processes(tmp_path: Path) -> None:
+    """The README's `torchrun --nproc_per_node 2 $(which fts-dist) demo`, cut to 4 epochs: both transitions re-wrap
+    DDP around the pretrained encoder, and the replica check compares every weight across ranks at each one."""
+    fts_dist_script = shutil.which("fts-dist", path=str(Path(sys.executable).parent))
+    assert fts_dist_script, "the fts-dist console script is installed beside this Python"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += [fts_dist_script, "demo", "--max-epochs", "4", "--no-progress-bar", "--root-dir", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    assert "fts_dist: ranks: rank 0 = " in output and ", rank 1 = " in output
+    assert "phase 1 of 2 begins at epoch 1: 3,550,853 trainable parameters" in output
+    assert "phase 2 of 2 begins at epoch 3: 22,567,301 trainable parameters in 103 tensors, 3 optimizer" in output
+    assert "ReplicaMismatchError" not in output
+    assert proc.stdout.count("| phase | epochs | trainable params | best val_acc | time (s) |") == 1  # rank 0 only
