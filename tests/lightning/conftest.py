@@ -24,6 +24,7 @@ def fit(tmp_path: Path):
         ckpt_path: str | None = None,
         extra_callbacks: list[Any] | None = None,
         save_last: bool = False,
+        train_loader: Any = None,
         **fts_kwargs: Any,
     ) -> tuple[Any, pl.Trainer, FinetuningScheduler]:
         model = model if model is not None else Recorder()
@@ -46,7 +47,7 @@ def fit(tmp_path: Path):
             deterministic=True,
         )
         train, val = loaders()
-        trainer.fit(model, train, val, ckpt_path=ckpt_path)
+        trainer.fit(model, train_loader or train, val, ckpt_path=ckpt_path)
         return model, trainer, scheduler
 
     return run
