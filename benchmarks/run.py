@@ -22,6 +22,11 @@ from benchmarks import overhead_and_peers, phase_costs, time_to_accuracy
 from benchmarks.common import Section
 
 SECTIONS = {"overhead": overhead_and_peers, "phases": phase_costs, "accuracy": time_to_accuracy}
+PREFACE = (
+    "Written by `python -m benchmarks.run --markdown BENCHMARKS.md` (after `pip install -e '.[bench]'`); "
+    "`--quick` runs a smaller version in a few minutes. Every figure is measured in the same session as its "
+    "baseline; single timings on a shared 2-core machine vary, so read ratios and medians, not single values.\n\n"
+)
 
 
 def machine() -> str:
@@ -62,7 +67,7 @@ def main() -> None:
     markdown_dir = Path(args.markdown).parent if args.markdown else Path.cwd()
     text = report(sections, args.quick, plots, markdown_dir)
     if args.markdown:
-        Path(args.markdown).write_text("# Benchmarks\n\n" + text)
+        Path(args.markdown).write_text("# Benchmarks\n\n" + PREFACE + text)
     print(f"done in {time.perf_counter() - started:.0f} s; plots in {plots}/")
 
 
