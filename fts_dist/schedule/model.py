@@ -93,7 +93,7 @@ class Schedule:
 def _phase_key(key: Any) -> int:
     if isinstance(key, int) and not isinstance(key, bool):
         return key
-    if isinstance(key, str) and key.strip().isdigit():
+    if isinstance(key, str) and key.strip().isascii() and key.strip().isdigit():  # not '²', which int() refuses
         return int(key)
     raise FTSConfigError(
         f"Schedule phase key {key!r} is not an integer. Number the phases 0, 1, 2, ... in the order they run.",
