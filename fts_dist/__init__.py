@@ -1,10 +1,27 @@
-"""fts_dist: distributed-first scheduled fine-tuning (gradual unfreezing) for PyTorch Lightning."""
+"""fts_dist: distributed-first scheduled fine-tuning (gradual unfreezing) for PyTorch Lightning.
 
-from fts_dist.callbacks import FinetuningScheduler, FTSCheckpoint, FTSEarlyStopping
+The public names load on first use, so ``fts-dist --version`` and ``--help`` answer without importing torch or
+Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from fts_dist._version import __version__
 from fts_dist.errors import FTSConfigError
-from fts_dist.gen import gen_ft_schedule
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:
+    from fts_dist.callbacks import FinetuningScheduler, FTSCheckpoint, FTSEarlyStopping
+    from fts_dist.gen import gen_ft_schedule
+
+_LAZY = {
+    "FinetuningScheduler": "fts_dist.callbacks",
+    "FTSCheckpoint": "fts_dist.callbacks",
+    "FTSEarlyStopping": "fts_dist.callbacks",
+    "gen_ft_schedule": "fts_dist.gen",
+}
 
 __all__ = [
     "FTSCheckpoint",
@@ -14,3 +31,11 @@ __all__ = [
     "__version__",
     "gen_ft_schedule",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fts_dist' has no attribute {name!r}")

@@ -18,26 +18,27 @@ import torch
 from lightning_fabric.utilities.cloud_io import get_filesystem
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.strategies import Strategy
+from typing_extensions import override
 
-PARTIAL_MARK = ".partial-"
-
-
-def partial_path(target: Path) -> Path:
-    return target.with_name(f".{target.name}{PARTIAL_MARK}{os.getpid()}")
+_PARTIAL_MARK = ".partial-"
 
 
-def stale_partials(target: Path) -> list[Path]:
+def _partial_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}{_PARTIAL_MARK}{os.getpid()}")
+
+
+def _stale_partials(target: Path) -> list[Path]:
     """Partial files of ``target`` that killed writers left behind."""
-    return sorted(target.parent.glob(f".{target.name}{PARTIAL_MARK}*"))
+    return sorted(target.parent.glob(f".{target.name}{_PARTIAL_MARK}*"))
 
 
 def atomic_torch_save(obj: Any, target: str | os.PathLike[str]) -> None:
     """``torch.save`` that replaces ``target`` atomically (same directory, fsync, ``os.replace``)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in stale_partials(target):
+    for stale in _stale_partials(target):
         stale.unlink(missing_ok=True)
-    partial = partial_path(target)
+    partial = _partial_path(target)
     try:
         with open(partial, "wb") as handle:
             torch.save(obj, handle)
@@ -57,6 +58,7 @@ def atomic_torch_save(obj: Any, target: str | os.PathLike[str]) -> None:
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's torch checkpoint IO with atomic local writes; remote paths (``s3://`` ...) go the default way."""
 
+    @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None or get_filesystem(path).protocol not in ("file", ("file", "local")):
             super().save_checkpoint(checkpoint, path, storage_options)

@@ -10,8 +10,9 @@ import torch
 from fts_dist.schedule import dump_schedule, generate_implicit_schedule, schedule_file_name
 
 
-def gen_ft_schedule(module: torch.nn.Module, dump_dir: str | os.PathLike[str]) -> Path:
-    """Write ``module``'s implicit schedule to ``dump_dir/<ModuleClass>_ft_schedule.yaml`` and return the path.
+def gen_ft_schedule(module: torch.nn.Module, dump_dir: str | os.PathLike[str], file_name: str | None = None) -> Path:
+    """Write ``module``'s implicit schedule to ``dump_dir/<ModuleClass>_ft_schedule.yaml`` (or ``file_name``) and
+    return the path.
 
     Example::
 
@@ -21,5 +22,5 @@ def gen_ft_schedule(module: torch.nn.Module, dump_dir: str | os.PathLike[str]) -
         'Linear_ft_schedule.yaml'
     """
     names = [name for name, _ in module.named_parameters()]
-    path = Path(dump_dir) / schedule_file_name(type(module).__name__)
+    path = Path(dump_dir) / (file_name or schedule_file_name(type(module).__name__))
     return dump_schedule(generate_implicit_schedule(names), path)

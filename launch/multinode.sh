@@ -32,4 +32,4 @@ if [[ -z "${SLURM_JOB_ID:-}" ]]; then
     exit 2
   fi
 fi
-exec "${PYTHON:-python3}" -m fts_dist.launcher -- "$@"
+exec "${PYTHON:-python3}" -m fts_dist.runtime.launcher -- "$@"

@@ -16,4 +16,4 @@ while [[ $# -gt 0 ]]; do
 done
 [[ $# -gt 0 ]] || { echo "$0: nothing to run after --" >&2; usage; }
 unset NNODES NODE_RANK MASTER_ADDR  # a single node: torchrun --standalone picks a free rendezvous port
-exec "${PYTHON:-python3}" -m fts_dist.launcher -- "$@"
+exec "${PYTHON:-python3}" -m fts_dist.runtime.launcher -- "$@"

@@ -2,15 +2,28 @@
 
 from fts_dist.adapters.base import CheckpointRestoreError, ReplicaMismatchError, StrategyAdapter
 from fts_dist.adapters.ddp import DDPAdapter
-from fts_dist.adapters.registry import adapter_class_for, register_adapter, resolve_adapter, supported_strategies
+from fts_dist.adapters.registry import (
+    adapter_class_for,
+    check_strategy_supported,
+    register_adapter,
+    resolve_adapter,
+    strategy_class,
+    strategy_needs_gpu,
+    supported_strategies,
+)
+from fts_dist.adapters.replicas import ReplicaView
 
 __all__ = [
     "CheckpointRestoreError",
     "DDPAdapter",
     "ReplicaMismatchError",
+    "ReplicaView",
     "StrategyAdapter",
     "adapter_class_for",
+    "check_strategy_supported",
     "register_adapter",
     "resolve_adapter",
+    "strategy_class",
+    "strategy_needs_gpu",
     "supported_strategies",
 ]

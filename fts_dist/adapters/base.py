@@ -1,23 +1,32 @@
-"""The strategy adapter interface, implemented for one process; other families override its seams."""
+"""The strategy adapter interface, implemented for one process; other families override its seams.
+
+.. warning:: The seams are an experimental extension point: their names and arguments may change while the sharded
+   and DeepSpeed adapters settle. :meth:`StrategyAdapter.apply_plan`, the order of a transition, is not a seam.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, final
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
+from typing_extensions import override
 
 from fts_dist.adapters.param_groups import (
+    GroupSettings,
     add_param_group,
     check_lr_scheduler_supported,
     params_in_optimizer,
     truncate_param_groups,
 )
+from fts_dist.adapters.replicas import ReplicaView, replica_problems, replica_view
 from fts_dist.checkpoint_io import install_atomic_checkpoint_io
 from fts_dist.coordinator import Comm, LocalComm, PhasePlan
 from fts_dist.errors import FTSConfigError
+from fts_dist.schedule import Schedule
 
 
 class CheckpointRestoreError(RuntimeError):
@@ -31,72 +40,120 @@ class ReplicaMismatchError(RuntimeError):
 class StrategyAdapter:
     """Applies the coordinator's phase plans on one rank, for one family of Lightning strategies.
 
-    The base class is the single-process implementation. An adapter for another family overrides the seams
-    it needs: :meth:`validate_strategy` (refuse what cannot work, before step 0), :meth:`comm` (collectives),
-    :meth:`on_trainable_changed` (re-register thawed parameters with a wrapper), :meth:`restore_checkpoint`
-    (sharded or engine-specific state). The order of every step of a transition lives here, once.
+    The base class is the single-process implementation. :meth:`apply_plan` holds the order of a transition, once,
+    for every family: restore a checkpoint, thaw, extend the optimizer, check the replicas, re-register the
+    trainable set. Each step is a seam an adapter overrides:
+
+    - :meth:`schedule_parameters`: the parameter names a schedule resolves against, and the live parameters;
+    - :meth:`validate_strategy`, :meth:`validate_schedule`: refuse what cannot work, before step 0;
+    - :meth:`load_checkpoint_state`: model and optimizer state from a file, a sharded directory, an engine;
+    - :meth:`thaw`: make exactly a set of parameters trainable;
+    - :meth:`extend_optimizer`: add one phase's group;
+    - :meth:`replica_view`: what this rank holds that its peers must agree with;
+    - :meth:`on_trainable_changed`: re-register the trainable set with a wrapper or engine;
+    - :attr:`comm`: the collectives.
 
     Args:
         strategy: the trainer's strategy.
     """
 
-    family: ClassVar[str] = "single_device"
+    @override
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "apply_plan" in vars(cls):
+            raise TypeError(
+                f"{cls.__name__} overrides apply_plan, the order of a transition, which every adapter shares; "
+                "override its seams instead (load_checkpoint_state, thaw, extend_optimizer, replica_view, "
+                "on_trainable_changed)."
+            )
 
     def __init__(self, strategy: pl.strategies.Strategy) -> None:
         self.strategy = strategy
-        self.rank_locations: list[tuple[str, int]] = []  # (host, pid) of every rank, once known
+        self._phase0_groups: int | None = None
+        self._load_strategy_checkpoint = strategy.load_checkpoint  # Lightning's own, never intercepted
 
     # -- seams -------------------------------------------------------------------------------------------------
     @property
     def comm(self) -> Comm:
+        """Collectives across the ranks that run the schedule."""
         return LocalComm()
 
     def validate_strategy(self, trainer: pl.Trainer) -> None:
         """Raise :class:`FTSConfigError` for a strategy configuration this adapter cannot run correctly."""
 
-    def on_trainable_changed(self, trainer: pl.Trainer) -> None:
-        """Called after the trainable set grew (a transition, or a resume past phase 0)."""
+    def schedule_parameters(self, module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+        """The parameters a schedule names, by the names it uses (``named_parameters()`` of the unwrapped module)."""
+        return dict(module.named_parameters())
 
-    def start_liveness_checks(self, trainer: pl.Trainer) -> None:
-        """Multi-process adapters: make this rank end when its launcher dies (see :mod:`fts_dist.adapters.liveness`)."""
+    def validate_schedule(self, schedule: Schedule, trainer: pl.Trainer) -> None:
+        """Check the resolved schedule against the strategy's layout once the model is wrapped (before step 0)."""
 
-    def describe_failure(self) -> str | None:
-        """After an exception: what this rank can tell about its peers (e.g. which ones died), or None."""
-        return None
+    def prepare_checkpointing(self, trainer: pl.Trainer, before_resume_load: Callable[[dict[str, Any]], None]) -> None:
+        """Make checkpoint writes atomic (whole or absent), unless the user configured a checkpoint IO.
 
-    def prepare_checkpointing(self, trainer: pl.Trainer) -> None:
-        """Make checkpoint writes atomic (whole file or none), unless the user configured a checkpoint IO."""
+        Strategies that restore a checkpoint after setup (sharded, DeepSpeed) load optimizer state and callback
+        states in one call, after ``on_fit_start``: the optimizer's groups must already match the saved depth. For
+        those, ``before_resume_load`` receives the checkpoint's :meth:`checkpoint_metadata` right before Lightning
+        loads a checkpoint to resume from.
+        """
         install_atomic_checkpoint_io(self.strategy)
+        if not self.strategy.restore_checkpoint_after_setup:
+            return
+        load = self._load_strategy_checkpoint
+
+        def load_checkpoint(checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
+            if trainer.state.fn == "fit":
+                before_resume_load(self.checkpoint_metadata(str(self.strategy.broadcast(checkpoint_path))))
+            return load(checkpoint_path, *args, **kwargs)
+
+        self.strategy.load_checkpoint = load_checkpoint  # type: ignore[method-assign]
+
+    def checkpoint_metadata(self, path: str) -> dict[str, Any]:
+        """Everything a checkpoint holds besides weights and optimizer state (loops, callbacks, schedulers)."""
+        if Path(path).is_dir():  # a distributed checkpoint: Lightning keeps the rest in meta.pt
+            return dict(torch.load(Path(path) / "meta.pt", map_location="cpu", weights_only=False))
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        return {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
 
     def unused_parameters_are_fatal(self) -> bool:
         """Whether a thawed parameter that gets no gradient breaks training under this strategy (not just idles)."""
         return False
 
-    def restore_checkpoint(self, path: str, trainer: pl.Trainer) -> None:
-        """Load weights and optimizer state from ``path``; the optimizer keeps only the groups saved there."""
-        self.comm.barrier()  # the writer (rank 0) finished before anyone reads
-        try:
-            checkpoint = self.strategy.load_checkpoint(path)
-            self.strategy.load_model_state_dict(checkpoint, strict=True)
-            optimizer_state = checkpoint["optimizer_states"][0]
-        except Exception as err:
-            raise CheckpointRestoreError(
-                f"Cannot restore the best checkpoint '{path}' at a phase transition: {type(err).__name__}: {err}. "
-                "The file is left as it is; resume from the last checkpoint, or set `restore_best=False`."
-            ) from err
-        optimizer = trainer.optimizers[0]
-        truncate_param_groups(optimizer, len(optimizer_state["param_groups"]), self._schedulers(trainer))
+    def load_checkpoint_state(self, path: str, groups: int, trainer: pl.Trainer) -> None:
+        """Load the weights and optimizer state saved at ``path``, which hold ``groups`` optimizer groups, leaving
+        the optimizer with exactly those groups. Raise before changing anything when the file cannot be used."""
+        checkpoint = self._load_strategy_checkpoint(path)
+        saved_groups = len(checkpoint["optimizer_states"][0]["param_groups"])
+        if saved_groups != groups:
+            raise ValueError(f"it holds {saved_groups} optimizer group(s) where this schedule expects {groups}")
+        self.strategy.load_model_state_dict(checkpoint, strict=True)
+        truncate_param_groups(trainer.optimizers[0], groups, _schedulers(trainer))
         self.strategy.load_optimizer_state_dict(checkpoint)
 
-    # -- setup -------------------------------------------------------------------------------------------------
-    def freeze(self, module: torch.nn.Module, trainable: Iterable[str]) -> None:
+    def thaw(self, module: torch.nn.Module, trainable: Iterable[str]) -> None:
         """Make exactly the parameters named in ``trainable`` require grad."""
         keep = set(trainable)
-        for name, param in module.named_parameters():
+        for name, param in self.schedule_parameters(module).items():
             param.requires_grad_(name in keep)
 
-    def validate_optimizers(self, trainer: pl.Trainer, phase0_params: Sequence[str]) -> None:
-        """One optimizer, holding only phase 0's parameters, with a supported LR scheduler."""
+    def extend_optimizer(
+        self, optimizer: torch.optim.Optimizer, params: Sequence[torch.nn.Parameter], lr: float, schedulers: list[Any]
+    ) -> None:
+        """Give one phase's parameters a new optimizer group at ``lr`` and extend the LR schedulers by one group."""
+        add_param_group(optimizer, params, lr, schedulers)
+
+    def replica_view(self, module: torch.nn.Module) -> ReplicaView:
+        """This rank's trainable set and what it holds that its peers must agree with."""
+        live = self.schedule_parameters(module)
+        return replica_view(live.items(), (n for n, p in live.items() if p.requires_grad))
+
+    def on_trainable_changed(self, trainer: pl.Trainer) -> None:
+        """Called after the trainable set grew (a transition, or a resume past phase 0)."""
+
+    # -- setup -------------------------------------------------------------------------------------------------
+    def setup_optimizer(self, trainer: pl.Trainer, phase0_params: Sequence[str]) -> None:
+        """Check that there is one optimizer, holding only phase 0's parameters, with a supported LR scheduler, and
+        remember its group count (each later phase adds one group)."""
         if len(trainer.optimizers) != 1:
             raise FTSConfigError(
                 f"fts_dist schedules exactly one optimizer; `configure_optimizers` returned {len(trainer.optimizers)}. "
@@ -105,10 +162,10 @@ class StrategyAdapter:
             )
         for config in trainer.lr_scheduler_configs:
             check_lr_scheduler_supported(config.scheduler)
-        module = trainer.lightning_module
+        live = self.schedule_parameters(trainer.lightning_module)
         held = params_in_optimizer(trainer.optimizers[0])
         phase0 = set(phase0_params)
-        extra = [n for n, p in module.named_parameters() if id(p) in held and n not in phase0]
+        extra = [n for n, p in live.items() if id(p) in held and n not in phase0]
         if extra:
             raise FTSConfigError(
                 f"The optimizer holds {len(extra)} parameter(s) that phase 0 does not thaw, e.g. {extra[:3]}. "
@@ -117,73 +174,80 @@ class StrategyAdapter:
                 phase=0,
                 key="params",
             )
-        missing = [n for n, p in module.named_parameters() if n in phase0 and id(p) not in held]
+        missing = [n for n, p in live.items() if n in phase0 and id(p) not in held]
         if missing:
             rank_zero_warn(
                 f"Phase 0 thaws {missing[:3]} (and {max(len(missing) - 3, 0)} more) but the optimizer "
                 "does not hold them, so they will not train in phase 0."
             )
+        self._phase0_groups = len(trainer.optimizers[0].param_groups)
 
-    # -- transitions -------------------------------------------------------------------------------------------
+    def group_count(self, depth: int) -> int:
+        """Optimizer groups at ``depth``: phase 0's from ``configure_optimizers``, then one per phase."""
+        if self._phase0_groups is None:
+            raise RuntimeError("setup_optimizer() must run before phase plans are applied")
+        return self._phase0_groups + depth
+
+    # -- the order of a transition -----------------------------------------------------------------------------
+    @final
     def apply_plan(self, plan: PhasePlan, trainer: pl.Trainer, check_replicas: bool = False) -> None:
-        """Bring this rank to ``plan.depth``: restore, thaw, add groups, keep LR schedulers consistent.
+        """Bring this rank to ``plan.depth``: restore, thaw, extend the optimizer, check replicas, re-register.
 
-        Groups restored with the checkpoint keep the checkpoint's optimizer state; every group of an earlier
-        phase keeps the learning rate it had before the transition (restoring weights does not rewind the LR
-        schedule), and the new phase's group starts at its scheduled learning rate.
+        Groups restored with the checkpoint keep the checkpoint's optimizer state; every group of an earlier phase
+        keeps the settings it had before the transition (restoring weights rewinds neither the LR schedule nor any
+        hyperparameter); each new phase's group starts at its scheduled learning rate with fresh state.
         """
         module = trainer.lightning_module
         optimizer = trainer.optimizers[0]
-        schedulers = self._schedulers(trainer)
-        lrs_before = [group["lr"] for group in optimizer.param_groups]
-        scheduler_states = [s.state_dict() for s in schedulers]
-        if plan.restore_checkpoint:
-            self.restore_checkpoint(plan.restore_checkpoint, trainer)
-        self.freeze(module, (name for phase in plan.phase_params for name in phase))
-        by_name = dict(module.named_parameters())
-        for depth in range(1, plan.depth + 1):
-            held = params_in_optimizer(optimizer)
-            params = [by_name[n] for n in plan.phase_params[depth] if id(by_name[n]) not in held]
-            if params:
-                if depth == plan.depth:
-                    self._restore_lr_state(optimizer, lrs_before, schedulers, scheduler_states)
-                add_param_group(optimizer, params, plan.phase_lrs[depth], schedulers)
+        schedulers = _schedulers(trainer)
+        before = GroupSettings.capture(optimizer, schedulers)
+        if plan.restore is not None:
+            self.comm.barrier()  # the writer finished before anyone reads
+            try:
+                self.load_checkpoint_state(plan.restore.path, self.group_count(plan.restore.depth), trainer)
+            except Exception as err:
+                raise CheckpointRestoreError(
+                    f"Cannot restore the best checkpoint '{plan.restore.path}' at a phase transition: "
+                    f"{type(err).__name__}: {err}. The checkpoint is left as it is; resume from the last checkpoint, "
+                    "or set `restore_best=False`."
+                ) from err
+        self.thaw(module, plan.trainable)
+        self._add_phase_groups(plan, trainer, until=len(before.groups))  # the groups a restore dropped
+        if plan.restore is not None:
+            before.reapply(optimizer, schedulers)
+        self._add_phase_groups(plan, trainer, until=self.group_count(plan.depth))  # the new phase's
+        _check_group_count(optimizer, self.group_count(plan.depth))
         if check_replicas:
-            self.check_consistency(module, plan.depth)
+            self.check_replicas(module, plan.depth)
         self.on_trainable_changed(trainer)
 
-    def check_consistency(self, module: torch.nn.Module, depth: int) -> None:
-        """Compare trainable names and per-parameter checksums across ranks; raise on every rank if they differ."""
+    def _add_phase_groups(self, plan: PhasePlan, trainer: pl.Trainer, until: int) -> None:
+        optimizer = trainer.optimizers[0]
+        live = self.schedule_parameters(trainer.lightning_module)
+        while len(optimizer.param_groups) < until:
+            depth = len(optimizer.param_groups) - self.group_count(0) + 1
+            phase = [live[name] for name in plan.phase_params[depth]]
+            self.extend_optimizer(optimizer, phase, plan.phase_lrs[depth], _schedulers(trainer))
+
+    def check_replicas(self, module: torch.nn.Module, depth: int) -> None:
+        """Collective: compare every rank's :meth:`replica_view`; raise on every rank if they disagree."""
         if self.comm.world_size == 1:
             return
-        trainable = sorted(n for n, p in module.named_parameters() if p.requires_grad)
-        sums = {n: float(p.detach().double().sum()) for n, p in module.named_parameters()}
-        gathered = self.comm.all_gather((trainable, sums))
-        reference_trainable, reference_sums = gathered[0]
-        problems = []
-        for rank, (names, rank_sums) in enumerate(gathered[1:], start=1):
-            if names != reference_trainable:
-                diff = sorted(set(names) ^ set(reference_trainable))
-                problems.append(f"rank {rank} trainable set differs from rank 0's: {diff[:5]}")
-            differing = [n for n in reference_sums if rank_sums.get(n) != reference_sums[n]]
-            if differing:
-                problems.append(f"rank {rank} weights differ from rank 0's in {differing[:5]}")
+        problems = replica_problems(self.comm.all_gather(self.replica_view(module)))
         if problems:
             raise ReplicaMismatchError(
                 f"Replicas diverged at phase {depth}: " + "; ".join(problems) + ". Every rank must apply the same "
                 "plan to the same weights; check for rank-dependent code in the module or data."
             )
 
-    # -- helpers -----------------------------------------------------------------------------------------------
-    @staticmethod
-    def _schedulers(trainer: pl.Trainer) -> list[Any]:
-        return [config.scheduler for config in trainer.lr_scheduler_configs]
 
-    @staticmethod
-    def _restore_lr_state(
-        optimizer: torch.optim.Optimizer, lrs: list[float], schedulers: list[Any], states: list[dict[str, Any]]
-    ) -> None:
-        for group, lr in zip(optimizer.param_groups, lrs, strict=False):
-            group["lr"] = lr
-        for scheduler, state in zip(schedulers, states, strict=True):
-            scheduler.load_state_dict(state)
+def _schedulers(trainer: pl.Trainer) -> list[Any]:
+    return [config.scheduler for config in trainer.lr_scheduler_configs]
+
+
+def _check_group_count(optimizer: torch.optim.Optimizer, expected: int) -> None:
+    if len(optimizer.param_groups) != expected:
+        raise RuntimeError(
+            f"fts_dist: the optimizer has {len(optimizer.param_groups)} parameter groups after the transition, "
+            f"expected {expected}: an adapter seam added or dropped groups."
+        )

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import gc
-import os
-import socket
 import weakref
 from collections.abc import Sequence
-from typing import ClassVar
 
 import pytorch_lightning as pl
 from pytorch_lightning.strategies import DDPStrategy
-from pytorch_lightning.utilities import rank_zero_info
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.nn.parallel import DistributedDataParallel
+from typing_extensions import override
 
 from fts_dist.adapters.base import StrategyAdapter
-from fts_dist.adapters.liveness import gone_ranks, launched_by_a_launcher, watch_launcher
 from fts_dist.adapters.torch_comm import TorchDistributedComm
 from fts_dist.coordinator import Comm
 from fts_dist.errors import FTSConfigError
@@ -33,33 +29,19 @@ class DDPAdapter(StrategyAdapter):
     the replica check runs before it: a divergence is reported, not silently overwritten.
     """
 
-    family: ClassVar[str] = "ddp"
-
     @property
+    @override
     def comm(self) -> Comm:
         return TorchDistributedComm()
 
+    @override
     def validate_strategy(self, trainer: pl.Trainer) -> None:
         if not isinstance(self.strategy, DDPStrategy):
             raise FTSConfigError(f"DDPAdapter serves DDPStrategy, got {type(self.strategy).__name__}.")
 
-    def start_liveness_checks(self, trainer: pl.Trainer) -> None:
-        if trainer.world_size <= 1:
-            return
-        if launched_by_a_launcher(trainer.local_rank):
-            watch_launcher(trainer.global_rank)
-        self.rank_locations = [tuple(w) for w in self.comm.all_gather((socket.gethostname(), os.getpid()))]
-        # launchers report a dead worker by pid or local rank: this line maps those to global ranks
-        rank_zero_info(
-            "fts_dist: ranks: " + ", ".join(f"rank {r} = {h} pid {p}" for r, (h, p) in enumerate(self.rank_locations))
-        )
-
-    def describe_failure(self) -> str | None:
-        gone = gone_ranks(self.rank_locations, socket.gethostname())
-        return f"rank(s) {gone} on this host are no longer running" if gone else None
-
-    def validate_optimizers(self, trainer: pl.Trainer, phase0_params: Sequence[str]) -> None:
-        super().validate_optimizers(trainer, phase0_params)
+    @override
+    def setup_optimizer(self, trainer: pl.Trainer, phase0_params: Sequence[str]) -> None:
+        super().setup_optimizer(trainer, phase0_params)
         optimizer = trainer.optimizers[0]
         if isinstance(optimizer, ZeroRedundancyOptimizer) and optimizer._overlap_with_ddp:
             raise FTSConfigError(
@@ -68,10 +50,12 @@ class DDPAdapter(StrategyAdapter):
                 key="optimizer",
             )
 
+    @override
     def unused_parameters_are_fatal(self) -> bool:
         assert isinstance(self.strategy, DDPStrategy)
         return not self.strategy._ddp_kwargs.get("find_unused_parameters", False)
 
+    @override
     def on_trainable_changed(self, trainer: pl.Trainer) -> None:
         strategy = self.strategy
         assert isinstance(strategy, DDPStrategy)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -62,7 +64,31 @@ def truncate_param_groups(optimizer: torch.optim.Optimizer, count: int, schedule
 
 
 def params_in_optimizer(optimizer: torch.optim.Optimizer) -> set[int]:
+    """``id()`` of every parameter the optimizer holds."""
     return {id(p) for group in optimizer.param_groups for p in group["params"]}
+
+
+@dataclass
+class GroupSettings:
+    """Every group's hyperparameters (``lr``, ``betas``, ``weight_decay``, ...) and the LR schedulers' states, as
+    they were before a checkpoint restore: restoring weights rewinds neither the LR schedule nor any setting."""
+
+    groups: list[dict[str, Any]]
+    scheduler_states: list[dict[str, Any]]
+
+    @classmethod
+    def capture(cls, optimizer: torch.optim.Optimizer, schedulers: Sequence[Any]) -> GroupSettings:
+        groups = [{k: copy.deepcopy(v) for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+        return cls(groups, [copy.deepcopy(s.state_dict()) for s in schedulers])
+
+    def reapply(self, optimizer: torch.optim.Optimizer, schedulers: Sequence[Any]) -> None:
+        """Set the captured values again; the optimizer must hold the captured number of groups again."""
+        if len(optimizer.param_groups) != len(self.groups):
+            raise RuntimeError(f"{len(optimizer.param_groups)} optimizer groups, but {len(self.groups)} were captured")
+        for group, settings in zip(optimizer.param_groups, self.groups, strict=True):
+            group.update(copy.deepcopy(settings))
+        for scheduler, state in zip(schedulers, self.scheduler_states, strict=True):
+            scheduler.load_state_dict(state)
 
 
 def _per_group_lists(scheduler: Any) -> dict[str, list[Any]]:

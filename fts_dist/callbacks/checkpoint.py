@@ -8,6 +8,7 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import Tensor
+from typing_extensions import override
 
 
 class FTSCheckpoint(ModelCheckpoint):
@@ -36,11 +37,13 @@ class FTSCheckpoint(ModelCheckpoint):
         self.depth_source: Callable[[], int] = lambda: 0
         self._pending_removals: list[str] = []
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._save_on_train_epoch_end is None:
             self._save_on_train_epoch_end = False  # checkpoint on validation metrics
         super().setup(trainer, pl_module, stage)
 
+    @override
     def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Tensor]) -> None:
         best_before = self.best_model_path
         self.current_ckpt_depth = self.depth_source()
@@ -48,6 +51,7 @@ class FTSCheckpoint(ModelCheckpoint):
         if self.best_model_path != best_before:
             self.best_ckpt_depth = self.current_ckpt_depth
 
+    @override
     def _remove_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         # A replaced best checkpoint is still named by the resume checkpoints written up to now: a run killed before
         # the next one is written resumes there and restores it at its next transition. Delete it one epoch later.
@@ -59,13 +63,16 @@ class FTSCheckpoint(ModelCheckpoint):
             if filepath not in (self.best_model_path, self.last_model_path):
                 super()._remove_checkpoint(trainer, filepath)
 
+    @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._flush_removals(trainer)
 
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
         self._flush_removals(trainer)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             **super().state_dict(),
@@ -73,6 +80,7 @@ class FTSCheckpoint(ModelCheckpoint):
             "best_ckpt_depth": self.best_ckpt_depth,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.current_ckpt_depth = int(state_dict.get("current_ckpt_depth", 0))

@@ -12,7 +12,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from fts_dist.callbacks.checkpoint import FTSCheckpoint
 from fts_dist.callbacks.early_stopping import FTSEarlyStopping
 
-DEFAULT_MONITOR = "val_loss"
+_DEFAULT_MONITOR = "val_loss"
 
 # constructor argument -> attribute holding it, for carrying a plain callback's settings over
 _EARLY_STOPPING_ARGS = {
@@ -73,9 +73,9 @@ def _carried_settings(plain: Sequence[Callback], arg_to_attr: dict[str, str], ki
     if not plain:
         rank_zero_warn(
             f"fts_dist: no {kind} given; adding an FTS{kind.replace('ModelCheckpoint', 'Checkpoint')} "
-            f"that monitors '{DEFAULT_MONITOR}'."
+            f"that monitors '{_DEFAULT_MONITOR}'."
         )
-        return {"monitor": DEFAULT_MONITOR}
+        return {"monitor": _DEFAULT_MONITOR}
     source = plain[0]
     rank_zero_warn(
         f"fts_dist: replacing {type(source).__name__} with its fine-tuning-aware counterpart (same settings)."
@@ -83,5 +83,5 @@ def _carried_settings(plain: Sequence[Callback], arg_to_attr: dict[str, str], ki
     settings = {arg: getattr(source, attr) for arg, attr in arg_to_attr.items() if hasattr(source, attr)}
     if isinstance(source, EarlyStopping):
         settings["min_delta"] = abs(float(source.min_delta))
-    settings["monitor"] = settings.get("monitor") or DEFAULT_MONITOR
+    settings["monitor"] = settings.get("monitor") or _DEFAULT_MONITOR
     return settings

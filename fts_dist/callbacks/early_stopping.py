@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping
 from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
 from torch import Tensor
+from typing_extensions import override
 
 
 class FTSEarlyStopping(EarlyStopping):
@@ -30,6 +31,7 @@ class FTSEarlyStopping(EarlyStopping):
         self.es_phase_complete = False
         self.final_phase = False
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._check_on_train_epoch_end is None:
             self._check_on_train_epoch_end = False  # judge phases on validation metrics
@@ -40,6 +42,7 @@ class FTSEarlyStopping(EarlyStopping):
         self.es_phase_complete = False
         self.wait_count = 0
 
+    @override
     def _evaluate_stopping_criteria(self, current: Tensor) -> tuple[bool, str | None]:
         reason_before = self.stopping_reason
         should_stop, reason = super()._evaluate_stopping_criteria(current)
@@ -51,9 +54,11 @@ class FTSEarlyStopping(EarlyStopping):
             return False, f"Monitored metric {self.monitor} stopped improving: this fine-tuning phase is complete."
         return should_stop, reason
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "es_phase_complete": self.es_phase_complete, "final_phase": self.final_phase}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.es_phase_complete = bool(state_dict.get("es_phase_complete", False))

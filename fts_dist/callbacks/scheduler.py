@@ -12,22 +12,25 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from typing_extensions import override
 
 from fts_dist.adapters import StrategyAdapter, resolve_adapter
 from fts_dist.callbacks.checkpoint import FTSCheckpoint
 from fts_dist.callbacks.dependencies import ensure_callbacks
 from fts_dist.callbacks.early_stopping import FTSEarlyStopping
-from fts_dist.callbacks.schedule_setup import build_schedule
-from fts_dist.coordinator import PhasePlan, ScheduleCoordinator, TransitionSignals, should_transition
+from fts_dist.coordinator import (
+    CheckpointRef,
+    PhasePlan,
+    ScheduleCoordinator,
+    TransitionSignals,
+    run_on_rank_zero,
+    should_transition,
+)
 from fts_dist.errors import FTSConfigError
-from fts_dist.schedule import Schedule, schedule_file_name
+from fts_dist.runtime.liveness import RankLiveness
+from fts_dist.schedule import ResolvedSchedule, Schedule, ScheduleSource, load_schedule, write_schedule_file
 
-DEPTH_METRIC = "finetuning_depth"
-
-
-def unused_trainable_parameters(module: Any) -> list[str]:
-    """Names of parameters that require grad but hold none (call right after a backward)."""
-    return [name for name, param in module.named_parameters() if param.requires_grad and param.grad is None]
+_DEPTH_METRIC = "finetuning_depth"
 
 
 class FinetuningScheduler(Callback):
@@ -94,6 +97,7 @@ class FinetuningScheduler(Callback):
         self._loaded_state: dict[str, Any] | None = None
         self._trainer_ref: pl.Trainer | None = None
         self._check_unused_pending = False
+        self._liveness = RankLiveness()
         self.transition_seconds: dict[int, float] = {}  # depth -> wall time of its transition on this rank
 
     # -- public API of the original callback -------------------------------------------------------------------
@@ -114,7 +118,7 @@ class FinetuningScheduler(Callback):
 
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
         """Freeze every parameter but phase 0's."""
-        self._adapter.freeze(pl_module, self.schedule[0].params)
+        self._adapter.thaw(pl_module, self.schedule[0].params)
 
     def should_transition(self, trainer: pl.Trainer) -> bool:
         """Whether the current phase's criteria are met at this epoch (this rank's view; rank 0's decides)."""
@@ -140,22 +144,25 @@ class FinetuningScheduler(Callback):
 
     def restore_best_ckpt(self) -> None:
         """Restore the best checkpoint's weights and optimizer state, keeping the current phase's groups."""
-        path = self._best_checkpoint()
-        if path is None:
+        best = self._best_checkpoint()
+        if best is None:
             rank_zero_warn("fts_dist: no best checkpoint has been written yet; nothing restored.")
             return
-        plan = self._coordinator.resume_plan(self._trainer.current_epoch)
-        self._adapter.apply_plan(PhasePlan(**{**plan.__dict__, "restore_checkpoint": path}), self._trainer)
+        plan = self._coordinator.resume_plan(self._trainer.current_epoch, restore=best)
+        self._adapter.apply_plan(plan, self._trainer)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return self.coordinator.state_dict() if self.coordinator else dict(self._loaded_state or {})
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._loaded_state = dict(state_dict)
         if self.coordinator:
             self._load_coordinator_state()
 
     # -- Lightning hooks ---------------------------------------------------------------------------------------
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if trainer.state.fn != TrainerFn.FITTING:
             return
@@ -165,14 +172,14 @@ class FinetuningScheduler(Callback):
         )
         self.adapter = resolve_adapter(trainer.strategy, self.allow_untested)
         self.adapter.validate_strategy(trainer)
-        self.adapter.prepare_checkpointing(trainer)
-        self.adapter.start_liveness_checks(trainer)
+        self.adapter.prepare_checkpointing(trainer, self._resume_from_metadata)
+        ranks = self._liveness.start(self.adapter.comm, trainer.local_rank)
+        if ranks:
+            rank_zero_info(ranks)
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)
-        source = None if self.gen_ft_sched_only else self.ft_schedule  # gen-only always writes the implicit one
-        resolved = build_schedule(source, pl_module, log_dir, self.adapter.comm, self.epoch_transitions_only)
+        resolved = run_on_rank_zero(lambda: self._prepare_schedule(pl_module, log_dir), self.adapter.comm)
         if self.gen_ft_sched_only:
-            written = log_dir / schedule_file_name(type(pl_module).__name__)
-            rank_zero_info(f"fts_dist: wrote {written}; exiting before training (gen_ft_sched_only=True).")
+            rank_zero_info(f"fts_dist: wrote the implicit schedule to {log_dir}; exiting before training.")
             raise SystemExit(0)
         if resolved.unscheduled:
             rank_zero_warn(
@@ -194,16 +201,17 @@ class FinetuningScheduler(Callback):
         self._sync_max_epochs(trainer)
         self.freeze_before_training(pl_module)
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         adapter, coordinator = self._adapter, self._coordinator
-        adapter.validate_optimizers(trainer, coordinator.schedule[0].params)
+        adapter.setup_optimizer(trainer, coordinator.schedule[0].params)
+        adapter.validate_schedule(coordinator.schedule, trainer)
         coordinator.bind_phase0_lr(float(trainer.optimizers[0].param_groups[0]["lr"]))
-        if coordinator.depth > 0:  # resumed mid-schedule: rebuild groups before Lightning loads optimizer state
-            adapter.apply_plan(coordinator.resume_plan(trainer.current_epoch), trainer)
-            rank_zero_info(f"fts_dist: resumed at phase {coordinator.depth} of {coordinator.max_depth}.")
+        self._resume_at_saved_depth(trainer)
         self._update_final_phase()
         self._check_unused_pending = True
 
+    @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         signals = TransitionSignals(trainer.current_epoch, self._es_phase_complete())
         plan = self._coordinator.decide(signals, self._best_checkpoint())
@@ -211,14 +219,16 @@ class FinetuningScheduler(Callback):
             self._apply(plan, trainer)
         self._log_depth(trainer)
 
+    @override
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._check_unused_pending:  # once per phase: the first backward shows which thawed tensors get no grad
             self._check_unused_pending = False
             self._check_unused_parameters(pl_module)
 
+    @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         # printed by the failing rank itself (not rank 0 only), so a multi-rank log names who failed
-        peers = self.adapter.describe_failure() if self.adapter else None
+        peers = self._liveness.describe_failure()
         print(
             f"fts_dist: rank {trainer.global_rank} failed at epoch {trainer.current_epoch}, phase {self.curr_depth}: "
             f"{type(exception).__name__}: {exception}" + (f" ({peers})" if peers else ""),
@@ -226,6 +236,7 @@ class FinetuningScheduler(Callback):
             flush=True,
         )
 
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         starts = self._coordinator.state.phase_start_epochs
         summary = ", ".join(f"phase {d} from epoch {e}" for d, e in enumerate(starts))
@@ -242,7 +253,7 @@ class FinetuningScheduler(Callback):
         self._check_unused_pending = True
         module = trainer.lightning_module
         trainable = [p for p in module.parameters() if p.requires_grad]
-        restored = f"restored '{plan.restore_checkpoint}'" if plan.restore_checkpoint else "no checkpoint restored"
+        restored = f"restored '{plan.restore.path}'" if plan.restore else "no checkpoint restored"
         rank_zero_info(
             f"fts_dist: phase {plan.depth} of {self._coordinator.max_depth} begins at epoch {plan.epoch}: "
             f"{sum(p.numel() for p in trainable):,} trainable parameters in {len(trainable)} tensors, "
@@ -250,8 +261,37 @@ class FinetuningScheduler(Callback):
             f"(transition took {self.transition_seconds[plan.depth]:.2f} s)."
         )
 
+    def _prepare_schedule(self, pl_module: pl.LightningModule, log_dir: Path) -> ResolvedSchedule:
+        """Rank 0: load (or generate), check and resolve the schedule, and write what the run executes."""
+        source: ScheduleSource = None if self.gen_ft_sched_only else self.ft_schedule  # gen-only writes the implicit
+        names = list(self._adapter.schedule_parameters(pl_module))
+        epochs_only = self.epoch_transitions_only and not self.gen_ft_sched_only
+        resolved = load_schedule(source, names, epoch_transitions_only=epochs_only)
+        path = write_schedule_file(resolved, source is None, log_dir, type(pl_module).__name__)
+        if source is None:
+            rank_zero_info(f"fts_dist: generated the implicit schedule ({len(resolved.schedule)} phases) at {path}.")
+        return resolved
+
+    def _resume_from_metadata(self, metadata: dict[str, Any]) -> None:
+        """Before a strategy that restores after setup loads a checkpoint's optimizer state: this callback's state
+        comes from the checkpoint's metadata now (Lightning restores it only later), and the optimizer gets the
+        saved depth's groups to load into."""
+        state = metadata.get("callbacks", {}).get(self.state_key)
+        if state is not None:
+            self.load_state_dict(state)
+            self._resume_at_saved_depth(self._trainer)
+            self._update_final_phase()
+
+    def _resume_at_saved_depth(self, trainer: pl.Trainer) -> None:
+        coordinator = self._coordinator
+        optimizer = trainer.optimizers[0]
+        if coordinator.depth > 0 and len(optimizer.param_groups) < self._adapter.group_count(coordinator.depth):
+            self._adapter.apply_plan(coordinator.resume_plan(trainer.current_epoch), trainer)
+            rank_zero_info(f"fts_dist: resumed at phase {coordinator.depth} of {coordinator.max_depth}.")
+
     def _check_unused_parameters(self, pl_module: pl.LightningModule) -> None:
-        unused = unused_trainable_parameters(pl_module)
+        live = self._adapter.schedule_parameters(pl_module)
+        unused = [name for name, param in live.items() if param.requires_grad and param.grad is None]
         if not unused:
             return
         depth = self.curr_depth
@@ -275,8 +315,10 @@ class FinetuningScheduler(Callback):
     def _es_phase_complete(self) -> bool:
         return bool(self.early_stopping and self.early_stopping.es_phase_complete)
 
-    def _best_checkpoint(self) -> str | None:
-        return (self.checkpoint.best_model_path or None) if self.checkpoint else None
+    def _best_checkpoint(self) -> CheckpointRef | None:
+        if self.checkpoint is None or not self.checkpoint.best_model_path:
+            return None
+        return CheckpointRef(self.checkpoint.best_model_path, self.checkpoint.best_ckpt_depth)
 
     def _check_restore_best(self, checkpoint: FTSCheckpoint) -> None:
         if self.restore_best and (not checkpoint.save_top_k or not checkpoint.monitor):
@@ -309,7 +351,7 @@ class FinetuningScheduler(Callback):
     @rank_zero_only
     def _log_depth(self, trainer: pl.Trainer) -> None:
         for logger in trainer.loggers:
-            logger.log_metrics({DEPTH_METRIC: float(self.curr_depth)}, step=trainer.global_step)
+            logger.log_metrics({_DEPTH_METRIC: float(self.curr_depth)}, step=trainer.global_step)
 
     @property
     def _coordinator(self) -> ScheduleCoordinator:

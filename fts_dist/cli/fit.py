@@ -7,33 +7,23 @@ from collections.abc import Sequence
 
 import torch
 from pytorch_lightning.cli import LightningCLI
+from typing_extensions import override
 
-from fts_dist.cli.fallback import DeviceRequest, plan_fallback, plan_launched
-from fts_dist.elastic import init_process_group_for_attempt
-
-
-def under_a_launcher(env: dict[str, str] | None = None) -> bool:
-    """A launcher (torchrun, ...) started several processes: WORLD_SIZE > 1. A single torchrun process gets the
-    same fallback as a plain run."""
-    env = dict(os.environ) if env is None else env
-    return int(env.get("WORLD_SIZE", "1")) > 1
+from fts_dist.adapters import strategy_needs_gpu
+from fts_dist.runtime.elastic import init_process_group_for_attempt
+from fts_dist.runtime.fallback import DeviceRequest, plan_devices, under_a_launcher
 
 
 class FTSLightningCLI(LightningCLI):
     """LightningCLI whose trainer settings are fitted to this machine before anything is built."""
 
+    @override
     def before_instantiate_classes(self) -> None:
         trainer = self.config[self.subcommand].trainer
         request = DeviceRequest(
             trainer.accelerator, trainer.devices, trainer.strategy, trainer.num_nodes, trainer.precision
         )
-        gpus = torch.cuda.device_count()
-        if under_a_launcher():
-            world = int(os.environ["WORLD_SIZE"])
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-            planned, notice = plan_launched(request, world, local, gpus)
-        else:
-            planned, notice = plan_fallback(request, gpus, launched=False)
+        planned, notice = plan_devices(request, os.environ, torch.cuda.device_count(), strategy_needs_gpu)
         if notice and int(os.environ.get("RANK", "0")) == 0:
             print(notice, flush=True)
         if planned != request:
@@ -43,7 +33,7 @@ class FTSLightningCLI(LightningCLI):
 
 def run_fit(args: Sequence[str]) -> None:
     """``LightningCLI`` ``fit`` with the given arguments (``--config cfg.yaml``, overrides ``--trainer.x=y``)."""
-    if under_a_launcher():
+    if under_a_launcher(os.environ):
         init_process_group_for_attempt()
     FTSLightningCLI(
         args=["fit", *args],

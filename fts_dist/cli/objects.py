@@ -9,7 +9,7 @@ from typing import Any
 from fts_dist.errors import FTSConfigError
 
 
-def load_object(spec: str) -> Any:
+def _load_object(spec: str) -> Any:
     """``package.module:Name`` (or ``package.module.Name``) -> the object."""
     module_name, sep, attr = spec.partition(":")
     if not sep:
@@ -26,7 +26,7 @@ def load_object(spec: str) -> Any:
         raise FTSConfigError(f"Module {module_name!r} has no {attr!r}.", key="model") from err
 
 
-def parse_init_args(text: str | None) -> dict[str, Any]:
+def _parse_init_args(text: str | None) -> dict[str, Any]:
     if not text:
         return {}
     try:
@@ -40,8 +40,8 @@ def parse_init_args(text: str | None) -> dict[str, Any]:
 
 
 def build_model(spec: str, init_args: str | None = None) -> Any:
-    cls = load_object(spec)
+    cls = _load_object(spec)
     try:
-        return cls(**parse_init_args(init_args))
+        return cls(**_parse_init_args(init_args))
     except TypeError as err:
         raise FTSConfigError(f"Cannot build {spec} with {init_args or 'no arguments'}: {err}", key="init_args") from err

@@ -4,25 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from fts_dist.adapters import adapter_class_for, supported_strategies
 from fts_dist.cli.objects import build_model
 from fts_dist.errors import FTSConfigError
-from fts_dist.schedule import (
-    Schedule,
-    dump_schedule,
-    generate_implicit_schedule,
-    load_schedule_file,
-    resolve_schedule,
-    schedule_file_name,
-)
+from fts_dist.gen import gen_ft_schedule
+from fts_dist.schedule import Schedule, load_schedule
 
 
 def generate(model_spec: str, init_args: str | None, out: str | None) -> Path:
+    """Write the implicit schedule of the LightningModule ``model_spec`` to ``out`` (default: the current
+    directory, under the original project's file name)."""
     model = build_model(model_spec, init_args)
-    schedule = generate_implicit_schedule([name for name, _ in model.named_parameters()])
-    return dump_schedule(schedule, out or schedule_file_name(type(model).__name__))
+    if out is None:
+        return gen_ft_schedule(model, ".")
+    return gen_ft_schedule(model, Path(out).parent, file_name=Path(out).name)
 
 
 @dataclass
@@ -33,28 +28,15 @@ class Validation:
     sizes: dict[str, int] = field(default_factory=dict)  # parameter name -> numel
 
 
-def strategy_class(name: str) -> Any:
-    from pytorch_lightning.strategies import StrategyRegistry
-
-    if name not in StrategyRegistry:
-        raise FTSConfigError(
-            f"Unknown strategy {name!r}; Lightning knows {sorted(StrategyRegistry.available_strategies())}.",
-            key="strategy",
-        )
-    return StrategyRegistry[name]["strategy"]
-
-
 def validate(
     schedule_path: str, model_spec: str, init_args: str | None, strategy: str | None, epoch_transitions_only: bool
 ) -> Validation:
     """Every check the callback makes before training, without a Trainer: file, structure, names, strategy."""
     result = Validation()
     try:
-        raw = load_schedule_file(schedule_path)
-        schedule = Schedule.from_dict(raw, epoch_transitions_only=epoch_transitions_only)
         model = build_model(model_spec, init_args)
         result.sizes = {name: param.numel() for name, param in model.named_parameters()}
-        resolved = resolve_schedule(schedule, list(result.sizes))
+        resolved = load_schedule(schedule_path, list(result.sizes), epoch_transitions_only=epoch_transitions_only)
         result.schedule = resolved.schedule
         if resolved.unscheduled:
             unscheduled = list(resolved.unscheduled)
@@ -62,11 +44,10 @@ def validate(
     except FTSConfigError as err:
         result.errors.append(str(err))
     if strategy:
+        from fts_dist.adapters import check_strategy_supported  # imports Lightning: only when asked
+
         try:
-            if adapter_class_for(strategy_class(strategy)) is None:
-                result.errors.append(
-                    f"fts_dist has no adapter for strategy {strategy!r} yet; supported: {supported_strategies()}."
-                )
+            check_strategy_supported(strategy)
         except FTSConfigError as err:
             result.errors.append(str(err))
     return result

@@ -7,6 +7,7 @@ from typing import Any
 
 from fts_dist.coordinator.comm import Comm, LocalComm
 from fts_dist.coordinator.decisions import (
+    CheckpointRef,
     PhasePlan,
     TransitionSignals,
     build_plan,
@@ -89,11 +90,12 @@ class ScheduleCoordinator:
         return self._lrs
 
     def decide(
-        self, signals: TransitionSignals, best_checkpoint: str | None, *, force: bool = False
+        self, signals: TransitionSignals, best_checkpoint: CheckpointRef | None, *, force: bool = False
     ) -> PhasePlan | None:
         """Collective: rank 0 decides from its signals; every rank returns the same plan (and advances) or None.
 
-        ``force`` moves to the next phase regardless of the signals (never past ``max_depth``).
+        ``best_checkpoint`` is restored first when ``restore_best`` is set. ``force`` moves to the next phase
+        regardless of the signals (never past ``max_depth``).
         """
         plan = None
         due = force and not self.in_final_phase
@@ -101,7 +103,7 @@ class ScheduleCoordinator:
             due
             or should_transition(self.schedule, self.state.depth, self.max_depth, signals, self.epoch_transitions_only)
         ):
-            restore = best_checkpoint if self.restore_best and best_checkpoint else None
+            restore = best_checkpoint if self.restore_best else None
             plan = build_plan(self.schedule, self.state.depth + 1, signals.epoch, self.phase_lrs, restore)
         plan = self.comm.broadcast(plan)
         if plan is not None:
@@ -109,10 +111,10 @@ class ScheduleCoordinator:
             self.state.phase_start_epochs.append(plan.epoch)
         return plan
 
-    def resume_plan(self, epoch: int, depth: int | None = None) -> PhasePlan:
+    def resume_plan(self, epoch: int, depth: int | None = None, restore: CheckpointRef | None = None) -> PhasePlan:
         """The plan that rebuilds the trainable set and optimizer groups of ``depth`` (default: the current one),
-        e.g. after a restart; it restores no checkpoint."""
-        return build_plan(self.schedule, self.state.depth if depth is None else depth, epoch, self.phase_lrs, None)
+        e.g. after a restart, restoring ``restore`` first if given."""
+        return build_plan(self.schedule, self.state.depth if depth is None else depth, epoch, self.phase_lrs, restore)
 
     def state_dict(self) -> dict[str, Any]:
         return {**self.state.state_dict(), "schedule": self.schedule.to_dict()}

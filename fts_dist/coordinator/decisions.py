@@ -16,23 +16,33 @@ class TransitionSignals:
 
 
 @dataclass(frozen=True)
+class CheckpointRef:
+    """A checkpoint to restore and the depth at which it was written (which decides its optimizer groups)."""
+
+    path: str
+    depth: int
+
+
+@dataclass(frozen=True)
 class PhasePlan:
     """Everything every rank needs to enter phase ``depth``; small and picklable so rank 0 can broadcast it.
 
     ``phase_params[d]`` and ``phase_lrs[d]`` describe phase ``d`` for ``d`` in ``0..depth``; adapters thaw the
     phases not yet thawed and add an optimizer group for each phase the optimizer lacks. ``phase_lrs[0]`` is
-    unused: phase 0's groups come from the module's own ``configure_optimizers``.
+    unused: phase 0's groups come from the module's own ``configure_optimizers``. ``restore`` names the checkpoint
+    to load first, if any.
     """
 
     depth: int
     epoch: int
     phase_params: tuple[tuple[str, ...], ...]
     phase_lrs: tuple[float, ...]
-    restore_checkpoint: str | None = None
+    restore: CheckpointRef | None = None
 
     @property
-    def new_params(self) -> tuple[str, ...]:
-        return self.phase_params[self.depth]
+    def trainable(self) -> tuple[str, ...]:
+        """Every parameter that trains at ``depth``."""
+        return tuple(name for phase in self.phase_params for name in phase)
 
 
 def effective_max_depth(schedule: Schedule, max_depth: int) -> int:
@@ -67,7 +77,7 @@ def phase_learning_rates(schedule: Schedule, base_max_lr: float | None, phase0_l
 
 
 def build_plan(
-    schedule: Schedule, depth: int, epoch: int, lrs: tuple[float, ...], restore_checkpoint: str | None
+    schedule: Schedule, depth: int, epoch: int, lrs: tuple[float, ...], restore: CheckpointRef | None
 ) -> PhasePlan:
     """The plan that brings any rank to ``depth`` (from any lower depth)."""
     return PhasePlan(
@@ -75,5 +85,5 @@ def build_plan(
         epoch=epoch,
         phase_params=tuple(schedule[d].params for d in range(depth + 1)),
         phase_lrs=lrs[: depth + 1],
-        restore_checkpoint=restore_checkpoint,
+        restore=restore,
     )

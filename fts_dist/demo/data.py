@@ -13,6 +13,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+from typing_extensions import override
 
 TOPICS = ("business", "entertainment", "politics", "sports", "tech")
 
@@ -71,6 +72,7 @@ class BBCNewsDataModule(pl.LightningDataModule):
         self.train_set: TensorDataset | None = None
         self.val_set: TensorDataset | None = None
 
+    @override
     def setup(self, stage: str) -> None:
         if self.train_set is not None:
             return
@@ -95,11 +97,13 @@ class BBCNewsDataModule(pl.LightningDataModule):
         labels = torch.tensor([a.label for a in articles])
         return TensorDataset(encoded["input_ids"], encoded["attention_mask"], labels)
 
+    @override
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None
         generator = torch.Generator().manual_seed(self.hparams["seed"])
         return DataLoader(self.train_set, batch_size=self.hparams["batch_size"], shuffle=True, generator=generator)
 
+    @override
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None
         return DataLoader(self.val_set, batch_size=64)

@@ -20,11 +20,11 @@ import torch
 from pytorch_lightning.loggers import CSVLogger
 
 from fts_dist.callbacks import FinetuningScheduler, FTSCheckpoint, FTSEarlyStopping
-from fts_dist.callbacks.progress import FTSProgressBar, PhaseSummary
-from fts_dist.elastic import init_process_group_for_attempt
+from fts_dist.demo.progress import FTSProgressBar, PhaseSummary
+from fts_dist.runtime.elastic import init_process_group_for_attempt
 
-MODES = ("schedule", "head-only", "full")
-DEFAULT_ROOT_DIR = "fts_dist_demo_logs"
+_MODES = ("schedule", "head-only", "full")
+_DEFAULT_ROOT_DIR = "fts_dist_demo_logs"
 
 
 @dataclass
@@ -74,7 +74,7 @@ def explicit_schedule_path() -> str:
     return str(resources.files("fts_dist.demo") / "schedule.yaml")
 
 
-def distributed_launch_devices() -> tuple[int, int]:
+def _distributed_launch_devices() -> tuple[int, int]:
     """Devices per node and nodes when started by torchrun (or any launcher setting the same variables)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
@@ -92,8 +92,8 @@ def _scheduler_callbacks(config: DemoConfig) -> list[Any]:
     ]
 
 
-def build_trainer(config: DemoConfig, root: Path) -> tuple[pl.Trainer, PhaseSummary]:
-    devices, num_nodes = distributed_launch_devices()
+def _build_trainer(config: DemoConfig, root: Path) -> tuple[pl.Trainer, PhaseSummary]:
+    devices, num_nodes = _distributed_launch_devices()
     summary = PhaseSummary(metric="val_acc", mode="max", print_table=False)
     callbacks = [*_scheduler_callbacks(config), summary, *config.extra_callbacks]
     if config.progress_bar:
@@ -123,10 +123,10 @@ def run_demo(config: DemoConfig) -> DemoResult:
     from fts_dist.demo.data import TOPICS, BBCNewsDataModule
     from fts_dist.demo.model import TextClassifier, pretrained_model_path
 
-    if config.mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {config.mode!r}")
+    if config.mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {config.mode!r}")
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    root = Path(config.root_dir or DEFAULT_ROOT_DIR)  # the same path on every rank
+    root = Path(config.root_dir or _DEFAULT_ROOT_DIR)  # the same path on every rank
     path = pretrained_model_path()
     lr = config.full_lr if config.mode == "full" else config.head_lr
     model = TextClassifier(path, num_classes=len(TOPICS), lr=lr)
@@ -136,7 +136,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         path, config.train_per_class, config.val_per_class, config.max_length, config.batch_size, config.seed
     )
     init_process_group_for_attempt()  # under torchrun: elastic restarts get a clean rendezvous
-    trainer, summary = build_trainer(config, root)
+    trainer, summary = _build_trainer(config, root)
     started = time.perf_counter()
     trainer.fit(model, datamodule=data)
     seconds = time.perf_counter() - started

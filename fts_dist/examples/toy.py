@@ -13,8 +13,9 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from typing_extensions import override
 
-from fts_dist import FinetuningScheduler, FTSCheckpoint, FTSEarlyStopping
+from fts_dist.callbacks import FinetuningScheduler, FTSCheckpoint, FTSEarlyStopping
 
 TOY_SCHEDULE: dict[int, dict[str, Any]] = {
     0: {"params": ["head.weight", "head.bias"], "max_transition_epoch": 2},
@@ -32,21 +33,25 @@ class ToyClassifier(pl.LightningModule):
         self.body = nn.Sequential(nn.Linear(in_features, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh())
         self.head = nn.Linear(hidden, classes)
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
 
+    @override
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = nn.functional.cross_entropy(self(x), y)
         self.log("train_loss", loss)
         return loss
 
+    @override
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
         self.log("val_loss", nn.functional.cross_entropy(logits, y), prog_bar=True, sync_dist=True)
         self.log("val_acc", (logits.argmax(-1) == y).float().mean(), prog_bar=True, sync_dist=True)
 
+    @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW((p for p in self.parameters() if p.requires_grad), lr=self.hparams["lr"])
 
@@ -72,13 +77,16 @@ class ToyDataModule(pl.LightningDataModule):
         self.seed, self.samples = seed, samples
         self._loaders: tuple[DataLoader, DataLoader] | None = None
 
+    @override
     def setup(self, stage: str) -> None:
         self._loaders = make_loaders(self.seed, self.samples)
 
+    @override
     def train_dataloader(self) -> DataLoader:
         assert self._loaders is not None
         return self._loaders[0]
 
+    @override
     def val_dataloader(self) -> DataLoader:
         assert self._loaders is not None
         return self._loaders[1]
@@ -100,6 +108,7 @@ def run_toy_example(max_epochs: int = 8, root_dir: str | None = None) -> dict[st
             FTSEarlyStopping(monitor="val_loss", patience=2),
             FTSCheckpoint(monitor="val_loss", dirpath=root / "checkpoints"),
         ],
+        logger=pl.loggers.CSVLogger(root),
         enable_model_summary=False,
         enable_progress_bar=False,
         log_every_n_steps=5,

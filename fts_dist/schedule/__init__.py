@@ -3,15 +3,19 @@
 from fts_dist.schedule.implicit import generate_implicit_schedule
 from fts_dist.schedule.io import dump_schedule, load_schedule_file, schedule_file_name
 from fts_dist.schedule.model import Phase, Schedule
+from fts_dist.schedule.pipeline import ScheduleSource, load_schedule, write_schedule_file
 from fts_dist.schedule.resolve import ResolvedSchedule, resolve_schedule
 
 __all__ = [
     "Phase",
     "ResolvedSchedule",
     "Schedule",
+    "ScheduleSource",
     "dump_schedule",
     "generate_implicit_schedule",
+    "load_schedule",
     "load_schedule_file",
     "resolve_schedule",
     "schedule_file_name",
+    "write_schedule_file",
 ]

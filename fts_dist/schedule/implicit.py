@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from fts_dist.errors import FTSConfigError
 from fts_dist.schedule.model import Phase, Schedule
 
-PARAMS_PER_PHASE = 2
+_PARAMS_PER_PHASE = 2
 
 
 def generate_implicit_schedule(param_names: Sequence[str]) -> Schedule:
@@ -25,7 +25,7 @@ def generate_implicit_schedule(param_names: Sequence[str]) -> Schedule:
     top_first = list(reversed(param_names))
     return Schedule(
         tuple(
-            Phase(params=tuple(top_first[start : start + PARAMS_PER_PHASE]))
-            for start in range(0, len(top_first), PARAMS_PER_PHASE)
+            Phase(params=tuple(top_first[start : start + _PARAMS_PER_PHASE]))
+            for start in range(0, len(top_first), _PARAMS_PER_PHASE)
         )
     )

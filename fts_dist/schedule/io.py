@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from typing_extensions import override
 
 from fts_dist.errors import FTSConfigError
 from fts_dist.schedule.model import Schedule
@@ -16,6 +17,7 @@ from fts_dist.schedule.model import Schedule
 class _UniqueKeyLoader(yaml.SafeLoader):
     """A SafeLoader that refuses a mapping key given twice (YAML would silently keep the last one)."""
 
+    @override
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:

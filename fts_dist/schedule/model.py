@@ -9,7 +9,7 @@ from typing import Any
 
 from fts_dist.errors import FTSConfigError
 
-PHASE_KEYS = ("params", "max_transition_epoch", "lr")
+_PHASE_KEYS = ("params", "max_transition_epoch", "lr")
 
 
 @dataclass(frozen=True)
@@ -107,10 +107,10 @@ def _parse_phase(depth: int, value: Any) -> Phase:
             f"Phase {depth} must be a mapping with a `params` list, got {type(value).__name__} {value!r:.80}.",
             phase=depth,
         )
-    unknown = sorted(str(k) for k in value if k not in PHASE_KEYS)
+    unknown = sorted(str(k) for k in value if k not in _PHASE_KEYS)
     if unknown:
         raise FTSConfigError(
-            f"Phase {depth} has unsupported key(s) {unknown}; a phase may hold only {list(PHASE_KEYS)}. "
+            f"Phase {depth} has unsupported key(s) {unknown}; a phase may hold only {list(_PHASE_KEYS)}. "
             "Remove them (optimizer or LR-scheduler re-initialisation per phase is not supported).",
             phase=depth,
             key=unknown[0],

@@ -12,10 +12,12 @@ from fts_dist.schedule.model import Schedule
 
 @dataclass(frozen=True)
 class ResolvedSchedule:
-    """A schedule whose phases list exact parameter names, and the parameters no phase thaws."""
+    """A schedule whose phases list exact parameter names, the parameters no phase thaws, and the schedule as it
+    was given (names and patterns)."""
 
     schedule: Schedule
     unscheduled: tuple[str, ...]
+    given: Schedule
 
 
 def resolve_schedule(schedule: Schedule, param_names: Sequence[str]) -> ResolvedSchedule:
@@ -55,7 +57,7 @@ def resolve_schedule(schedule: Schedule, param_names: Sequence[str]) -> Resolved
         ordered = tuple(n for n in param_names if n in selected)
         phases.append(replace(phase, params=ordered))
     unscheduled = tuple(n for n in param_names if n not in owner)
-    return ResolvedSchedule(Schedule(tuple(phases)), unscheduled)
+    return ResolvedSchedule(Schedule(tuple(phases)), unscheduled, schedule)
 
 
 def _match_pattern(depth: int, pattern: str, param_names: Sequence[str]) -> set[str]:

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from fts_dist.cli.fallback import DeviceRequest, plan_fallback, plan_launched, requested_count, strategy_name
+from fts_dist.adapters import strategy_needs_gpu
 from fts_dist.errors import FTSConfigError
-from fts_dist.launcher import LaunchConfigError, command, first_slurm_host, torchrun_args
+from fts_dist.runtime.fallback import (
+    DeviceRequest,
+    plan_devices,
+    plan_fallback,
+    plan_launched,
+    requested_count,
+    strategy_name,
+)
+from fts_dist.runtime.launcher import LaunchConfigError, command, first_slurm_host, torchrun_args
 
 
 def test_slurm_node_maps_to_a_c10d_rendezvous_on_the_first_host() -> None:
@@ -73,7 +81,7 @@ def test_restarts_make_fit_resume_from_the_last_checkpoint() -> None:
     ],
 )
 def test_plan_fallback(request_: DeviceRequest, gpus: int, changed) -> None:
-    planned, notice = plan_fallback(request_, gpus, launched=False)
+    planned, notice = plan_fallback(request_, gpus, False, strategy_needs_gpu)
     if changed is None:
         assert planned == request_ and notice is None
     else:
@@ -91,13 +99,13 @@ def test_plan_fallback(request_: DeviceRequest, gpus: int, changed) -> None:
 )
 def test_plan_fallback_refuses_what_cannot_run_on_cpu(request_: DeviceRequest, match: str) -> None:
     with pytest.raises(FTSConfigError, match=match):
-        plan_fallback(request_, 0, launched=False)
+        plan_fallback(request_, 0, False, strategy_needs_gpu)
 
 
 def test_launched_jobs_take_their_shape_from_the_launcher() -> None:
-    planned, notice = plan_launched(DeviceRequest("gpu", 8, "ddp"), world_size=16, local_world_size=8, gpus=8)
+    planned, notice = plan_launched(DeviceRequest("gpu", 8, "ddp"), 16, 8, 8, strategy_needs_gpu)
     assert (planned.devices, planned.num_nodes) == (8, 2) and notice
-    planned, notice = plan_launched(DeviceRequest("auto", "auto", "auto"), 2, 2, gpus=0)
+    planned, notice = plan_launched(DeviceRequest("auto", "auto", "auto"), 2, 2, 0, strategy_needs_gpu)
     assert (planned.accelerator, planned.devices) == ("cpu", 2)
 
 
@@ -111,3 +119,19 @@ def test_requested_count(devices, count) -> None:
 def test_strategy_names() -> None:
     assert strategy_name("DDP") == "ddp"
     assert strategy_name({"class_path": "pytorch_lightning.strategies.FSDPStrategy"}) == "fsdp"
+
+
+def test_which_strategy_needs_a_gpu_comes_from_the_adapter_registry() -> None:
+    from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy
+
+    from fts_dist.adapters import register_adapter
+
+    class ClusterOnly(DDPStrategy):
+        pass
+
+    register_adapter(ClusterOnly, None, needs_gpu=True)
+    with pytest.raises(FTSConfigError, match="strategy 'clusteronly' needs CUDA GPUs"):
+        plan_fallback(DeviceRequest("gpu", 8, ClusterOnly()), 0, False, strategy_needs_gpu)
+    assert strategy_needs_gpu("fsdp") and strategy_needs_gpu(FSDPStrategy) and not strategy_needs_gpu("ddp")
+    with pytest.raises(FTSConfigError, match="strategy 'deepspeed_stage_3' needs CUDA GPUs and this node has none"):
+        plan_devices(DeviceRequest("auto", "auto", "deepspeed_stage_3"), {"WORLD_SIZE": "2"}, 0, strategy_needs_gpu)

@@ -35,7 +35,11 @@ def test_validate_accepts_a_good_schedule(capsys) -> None:
         ("0: {params: [head.weight]}\n1: {params: ['bdy.0.*']}\n", [], "Phase 1 `params` entry 'bdy.0.*' matches no"),
         ("0: {params: [head.*]}\n1: {params: [body.*], lr: fast}\n", [], "Phase 1 `lr` must be a non-negative"),
         ("0: {params: [head.*]\n", [], "is not valid YAML"),
-        ("0: {params: [head.*]}\n", ["--strategy", "deepspeed"], "no adapter for strategy 'deepspeed'"),
+        (
+            "0: {params: [head.*]}\n",
+            ["--strategy", "xla"],
+            "no adapter for strategy XLAStrategy; supported:",
+        ),
         ("0: {params: [head.*]}\n", ["--strategy", "warp_drive"], "Unknown strategy 'warp_drive'"),
         ("0: {params: [head.*]}\n", ["--epoch-transitions-only"], "needs a `max_transition_epoch` in every phase"),
     ],

@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from fts_dist.coordinator import ScheduleCoordinator, TransitionSignals, should_transition
+from fts_dist.coordinator import CheckpointRef, ScheduleCoordinator, TransitionSignals, should_transition
 from fts_dist.schedule import Schedule
 
 SCHEDULE = Schedule.from_dict(
@@ -58,10 +58,11 @@ class FakeComm:
 def test_plans_carry_lrs_and_restore_and_advance_state() -> None:
     coordinator = ScheduleCoordinator(SCHEDULE, base_max_lr=1e-3)
     coordinator.bind_phase0_lr(0.1)
-    assert coordinator.decide(TransitionSignals(1), "best.ckpt") is None
-    plan = coordinator.decide(TransitionSignals(2), "best.ckpt")
+    best = CheckpointRef("best.ckpt", 0)
+    assert coordinator.decide(TransitionSignals(1), best) is None
+    plan = coordinator.decide(TransitionSignals(2), best)
     assert plan is not None
-    assert (plan.depth, plan.epoch, plan.restore_checkpoint) == (1, 2, "best.ckpt")
+    assert (plan.depth, plan.epoch, plan.restore) == (1, 2, best)
     assert plan.phase_params == (("a",), ("b",)) and plan.phase_lrs == (0.1, 0.5)
     assert coordinator.state.phase_start_epochs == [0, 2]
     assert coordinator.decide(TransitionSignals(3, True), None).phase_lrs == (0.1, 0.5, 1e-3)  # base_max_lr

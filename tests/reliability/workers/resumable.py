@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from fts_dist import FinetuningScheduler, FTSCheckpoint, FTSEarlyStopping
 from fts_dist.adapters import StrategyAdapter
 from fts_dist.checkpoint_io import atomic_torch_save
-from fts_dist.elastic import init_process_group_for_attempt
+from fts_dist.runtime.elastic import init_process_group_for_attempt
 from tests.modules import SCHEDULE, define_module
 from tests.worker_exit import finish_worker
 
@@ -60,15 +60,15 @@ def inject_kill_on_save(nth: int) -> None:
 
 
 def inject_kill_on_restore(nth: int) -> None:
-    real_restore, calls = StrategyAdapter.restore_checkpoint, [0]
+    real_restore, calls = StrategyAdapter.load_checkpoint_state, [0]
 
-    def restore(self: StrategyAdapter, path: str, trainer: pl.Trainer) -> None:
+    def restore(self: StrategyAdapter, path: str, groups: int, trainer: pl.Trainer) -> None:
         calls[0] += 1
-        real_restore(self, path, trainer)
+        real_restore(self, path, groups, trainer)
         if calls[0] == nth:
             die()
 
-    StrategyAdapter.restore_checkpoint = restore  # type: ignore[method-assign]
+    StrategyAdapter.load_checkpoint_state = restore  # type: ignore[method-assign]
 
 
 class DieAtEpoch(pl.Callback):

@@ -1,6 +1,6 @@
 """Map a cluster's environment to a torchrun command (SLURM, Kubernetes PyTorchJob, plain torchrun variables).
 
-``python -m fts_dist.launcher [--dry-run] -- fit --config cfg.yaml`` prints the torchrun command it builds and
+``python -m fts_dist.runtime.launcher [--dry-run] -- fit --config cfg.yaml`` prints the torchrun command it builds and
 runs it (with ``--dry-run`` or ``FTS_LAUNCH_DRY_RUN=1`` it only prints it); the Docker images' entrypoint and the
 ``launch/`` scripts use it. :func:`torchrun_args` is pure: give it an environment mapping, get torchrun's
 arguments or a :class:`LaunchConfigError` naming what is missing.
@@ -17,7 +17,7 @@ import shlex
 import sys
 from collections.abc import Mapping, Sequence
 
-DEFAULT_PORT = "29500"
+_DEFAULT_PORT = "29500"
 
 
 class LaunchConfigError(ValueError):
@@ -60,7 +60,7 @@ def torchrun_args(env: Mapping[str, str], max_restarts: int | None = None, gpus:
     address = env.get("MASTER_ADDR") or (first_slurm_host(env["SLURM_JOB_NODELIST"]) if slurm else None)
     if not address:
         raise LaunchConfigError(f"{nnodes} nodes but no rendezvous host: set MASTER_ADDR to node 0's address.")
-    port = env.get("MASTER_PORT") or DEFAULT_PORT
+    port = env.get("MASTER_PORT") or _DEFAULT_PORT
     job_id = _first(env, "FTS_RUN_ID", "SLURM_JOB_ID", "PET_RDZV_ID", "JOB_ID") or "fts_dist"
     return [
         "--nnodes", nnodes, "--node_rank", node_rank, *args,

@@ -1,14 +1,19 @@
-"""Single-GPU / CPU fallback (pure logic): fit a multi-device config onto the devices this machine has."""
+"""Single-GPU / CPU fallback (pure logic): fit a multi-device config onto the devices this machine has.
+
+Which strategy needs a GPU is not written here: callers pass ``needs_gpu``, and ``fts-dist fit`` passes the adapter
+registry's :func:`~fts_dist.adapters.strategy_needs_gpu`, the one place that knows.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from fts_dist.errors import FTSConfigError
 
-GPU_ONLY_STRATEGIES = ("deepspeed", "fsdp", "model_parallel")
-GPU_ONLY_PRECISIONS = ("16-mixed", "16", 16, "16-true", "transformer-engine")
+NeedsGpu = Callable[[Any], bool]  # a strategy as configured (name, class path, instance) -> needs CUDA?
+_GPU_ONLY_PRECISIONS = ("16-mixed", "16", 16, "16-true", "transformer-engine")
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,9 @@ def requested_count(devices: Any) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def plan_fallback(request: DeviceRequest, gpus: int, launched: bool) -> tuple[DeviceRequest, str | None]:
+def plan_fallback(
+    request: DeviceRequest, gpus: int, launched: bool, needs_gpu: NeedsGpu
+) -> tuple[DeviceRequest, str | None]:
     """The request to run with and a one-line notice of what changed (None when nothing did).
 
     Launched jobs (torchrun, SLURM) keep their request: the launcher owns the device count. A request for several
@@ -64,13 +71,9 @@ def plan_fallback(request: DeviceRequest, gpus: int, launched: bool) -> tuple[De
         return request, None
     target = "gpu" if gpus > 0 else "cpu"
     name = strategy_name(request.strategy)
-    if target == "cpu" and name in GPU_ONLY_STRATEGIES:
-        raise FTSConfigError(
-            f"strategy {name!r} needs CUDA GPUs and this machine has none: run it on a GPU node, or set "
-            "trainer.strategy=ddp (or auto) to develop here.",
-            key="strategy",
-        )
-    if target == "cpu" and request.precision in GPU_ONLY_PRECISIONS:
+    if target == "cpu" and needs_gpu(request.strategy):
+        raise _needs_gpu_error(name, "this machine")
+    if target == "cpu" and request.precision in _GPU_ONLY_PRECISIONS:
         raise FTSConfigError(
             f"precision {request.precision!r} needs a GPU and this machine has none: use bf16-mixed or 32-true on CPU.",
             key="precision",
@@ -85,17 +88,15 @@ def plan_fallback(request: DeviceRequest, gpus: int, launched: bool) -> tuple[De
 
 
 def plan_launched(
-    request: DeviceRequest, world_size: int, local_world_size: int, gpus: int
+    request: DeviceRequest, world_size: int, local_world_size: int, gpus: int, needs_gpu: NeedsGpu
 ) -> tuple[DeviceRequest, str | None]:
     """Under a launcher the processes are already there: one device per local process, nodes from the world
     size; with no GPU on the node, CPU processes (gloo)."""
     nodes = max(1, world_size // max(local_world_size, 1))
     accelerator = request.accelerator if gpus > 0 else "cpu"
     planned = replace(request, accelerator=accelerator, devices=local_world_size, num_nodes=nodes)
-    if accelerator == "cpu" and strategy_name(request.strategy) in GPU_ONLY_STRATEGIES:
-        raise FTSConfigError(
-            f"strategy {strategy_name(request.strategy)!r} needs CUDA GPUs and this node has none.", key="strategy"
-        )
+    if accelerator == "cpu" and needs_gpu(request.strategy):
+        raise _needs_gpu_error(strategy_name(request.strategy), "this node")
     changed = (planned.accelerator, str(planned.devices), planned.num_nodes) != (
         request.accelerator, str(request.devices), request.num_nodes,
     )  # fmt: skip
@@ -107,3 +108,28 @@ def plan_launched(
         f"{request.num_nodes})."
     )
     return planned, notice
+
+
+def under_a_launcher(env: Mapping[str, str]) -> bool:
+    """A launcher (torchrun, ...) started several processes: WORLD_SIZE > 1. A single torchrun process gets the
+    same fallback as a plain run."""
+    return int(env.get("WORLD_SIZE", "1")) > 1
+
+
+def plan_devices(
+    request: DeviceRequest, env: Mapping[str, str], gpus: int, needs_gpu: NeedsGpu
+) -> tuple[DeviceRequest, str | None]:
+    """The request to run with on this machine: shaped by the launcher when one started several processes
+    (:func:`plan_launched`), else fitted to the devices at hand (:func:`plan_fallback`); and the notice to print."""
+    if under_a_launcher(env):
+        world = int(env["WORLD_SIZE"])
+        return plan_launched(request, world, int(env.get("LOCAL_WORLD_SIZE", world)), gpus, needs_gpu)
+    return plan_fallback(request, gpus, False, needs_gpu)
+
+
+def _needs_gpu_error(name: str, where: str) -> FTSConfigError:
+    return FTSConfigError(
+        f"strategy {name!r} needs CUDA GPUs and {where} has none: run it on a GPU node, or pick a strategy that "
+        "runs on CPU to develop here (ddp, model_parallel (FSDP2), fts_dist.strategies.CPUFSDPStrategy).",
+        key="strategy",
+    )

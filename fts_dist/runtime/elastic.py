@@ -15,10 +15,10 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-DEFAULT_TIMEOUT = timedelta(minutes=30)
+_DEFAULT_TIMEOUT = timedelta(minutes=30)
 
 
-def init_process_group_for_attempt(backend: str | None = None, timeout: timedelta = DEFAULT_TIMEOUT) -> bool:
+def init_process_group_for_attempt(backend: str | None = None, timeout: timedelta = _DEFAULT_TIMEOUT) -> bool:
     """Initialise the default process group for this torchrun attempt; False (nothing done) outside torchrun or
     when a process group already exists."""
     if "TORCHELASTIC_RESTART_COUNT" not in os.environ or dist.is_initialized():

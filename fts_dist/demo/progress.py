@@ -9,20 +9,22 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback, TQDMProgressBar
 from pytorch_lightning.utilities import rank_zero_info
+from typing_extensions import override
 
 from fts_dist.callbacks.scheduler import FinetuningScheduler
 
 
-def find_scheduler(trainer: pl.Trainer) -> FinetuningScheduler | None:
+def _find_scheduler(trainer: pl.Trainer) -> FinetuningScheduler | None:
     return next((c for c in trainer.callbacks if isinstance(c, FinetuningScheduler)), None)  # type: ignore[attr-defined]
 
 
 class FTSProgressBar(TQDMProgressBar):
     """The TQDM progress bar with the current phase as ``phase=depth/max_depth`` beside the metrics."""
 
+    @override
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         metrics = super().get_metrics(trainer, pl_module)
-        scheduler = find_scheduler(trainer)
+        scheduler = _find_scheduler(trainer)
         if scheduler is not None and scheduler.coordinator is not None:
             metrics["phase"] = f"{scheduler.curr_depth}/{scheduler.coordinator.max_depth}"
         return metrics
@@ -37,7 +39,7 @@ class PhaseRow:
     seconds: float = 0.0
 
 
-def format_phase_table(rows: list[PhaseRow], metric: str) -> str:
+def _format_phase_table(rows: list[PhaseRow], metric: str) -> str:
     """A markdown table of the phases that ran."""
     lines = [f"| phase | epochs | trainable params | best {metric} | time (s) |", "|---|---|---|---|---|"]
     for row in rows:
@@ -59,11 +61,13 @@ class PhaseSummary(Callback):
         self.rows: list[PhaseRow] = []
         self._mark = 0.0
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._mark = time.perf_counter()
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        scheduler = find_scheduler(trainer)
+        scheduler = _find_scheduler(trainer)
         depth = scheduler.curr_depth if scheduler else 0
         if not self.rows or self.rows[-1].depth != depth:
             self.rows.append(PhaseRow(depth))
@@ -79,9 +83,10 @@ class PhaseSummary(Callback):
             better = row.best is None or (value > row.best if self.mode == "max" else value < row.best)
             row.best = value if better else row.best
 
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.print_table and self.rows:
-            rank_zero_info("\n" + format_phase_table(self.rows, self.metric))
+            rank_zero_info("\n" + _format_phase_table(self.rows, self.metric))
 
     def table(self) -> str:
-        return format_phase_table(self.rows, self.metric)
+        return _format_phase_table(self.rows, self.metric)

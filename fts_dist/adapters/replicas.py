@@ -1,0 +1,80 @@
+"""What ranks are meant to share after a transition, and the comparison that says where they do not.
+
+Each rank describes itself as a :class:`ReplicaView`: its trainable set, and a _checksum of every tensor it holds
+together with the shard coordinate that says which ranks must hold the same values. A whole tensor (DDP, one
+process) has the empty coordinate: every rank must match. A DTensor shard's coordinate is its position along the
+mesh dimensions it is sharded over, so only ranks that differ along replicate dimensions (HSDP's replica groups, a
+tensor-parallel norm) are compared. The trainable set must be the same on every rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+ShardKey = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    """One rank's trainable names and ``name -> (shard key, _checksum)`` of the tensors it holds."""
+
+    trainable: tuple[str, ...]
+    tensors: dict[str, tuple[ShardKey, tuple[float, float]]]
+
+
+def _checksum(tensor: torch.Tensor) -> tuple[float, float]:
+    """Sum and sum of squares in float64: cheap, and a changed value changes one of them."""
+    values = tensor.detach().double()
+    return float(values.sum()), float(values.square().sum())
+
+
+def _shard_key(tensor: torch.Tensor) -> ShardKey:
+    """This rank's coordinate along the mesh dimensions ``tensor`` is sharded over; ``()`` for a whole tensor."""
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(tensor, DTensor):
+        return ()
+    coordinate = list(tensor.device_mesh.get_coordinate() or ())
+    return tuple(coordinate[dim] for dim, placement in enumerate(tensor.placements) if placement.is_shard())
+
+
+def _local_values(tensor: torch.Tensor) -> torch.Tensor:
+    """The part of ``tensor`` this rank holds."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def replica_view(named_tensors: Iterable[tuple[str, torch.Tensor]], trainable: Iterable[str]) -> ReplicaView:
+    """The view of a rank holding ``named_tensors`` (whole tensors or DTensors) with ``trainable`` thawed."""
+    return ReplicaView(
+        trainable=tuple(sorted(trainable)),
+        tensors={name: (_shard_key(t), _checksum(_local_values(t))) for name, t in named_tensors},
+    )
+
+
+def replica_problems(views: list[ReplicaView]) -> list[str]:
+    """What differs between ranks that must agree, one line per pair of ranks (``views[r]`` is rank ``r``'s)."""
+    problems = []
+    reference_trainable = views[0].trainable
+    for rank, view in enumerate(views[1:], start=1):
+        if view.trainable != reference_trainable:
+            diff = sorted(set(view.trainable) ^ set(reference_trainable))
+            problems.append(f"rank {rank} trainable set differs from rank 0's: {diff[:5]}")
+    differing: dict[tuple[int, int], list[str]] = {}  # (rank, the first rank holding the same shard) -> names
+    for name in views[0].tensors:
+        first_holder: dict[ShardKey, int] = {}
+        for rank, view in enumerate(views):
+            if name not in view.tensors:
+                differing.setdefault((rank, 0), []).append(name)
+                continue
+            key, sums = view.tensors[name]
+            reference = first_holder.setdefault(key, rank)
+            if reference != rank and views[reference].tensors[name][1] != sums:
+                differing.setdefault((rank, reference), []).append(name)
+    for (rank, reference), names in sorted(differing.items()):
+        problems.append(f"rank {rank} weights differ from rank {reference}'s in {names[:5]}")
+    return problems

@@ -1,0 +1,100 @@
+"""The order of a transition's steps is written once, in StrategyAdapter.apply_plan; adapters only fill its seams.
+
+A recording adapter under a real Trainer pins that order: restore the checkpoint, thaw, extend the optimizer,
+check the replicas, re-register the trainable set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+from pytorch_lightning.strategies import SingleDeviceStrategy
+
+from fts_dist import FinetuningScheduler, FTSCheckpoint, FTSEarlyStopping
+from fts_dist.adapters import StrategyAdapter, register_adapter
+from tests.lightning.conftest import Recorder
+from tests.modules import SCHEDULE, loaders
+
+
+class TwoRankEcho:
+    """Collectives of a world of two identical ranks, so the replica check runs on one process."""
+
+    rank, world_size = 0, 2
+
+    def broadcast(self, obj: Any) -> Any:
+        return obj
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        return [obj, obj]
+
+    def barrier(self) -> None:
+        pass
+
+
+class RecordingAdapter(StrategyAdapter):
+    calls: list[str] = []
+
+    @property
+    def comm(self) -> Any:
+        return TwoRankEcho()
+
+    def load_checkpoint_state(self, path: str, groups: int, trainer: pl.Trainer) -> None:
+        self.calls.append(f"restore(groups={groups})")
+        super().load_checkpoint_state(path, groups, trainer)
+
+    def thaw(self, module: Any, trainable: Any) -> None:
+        names = list(trainable)
+        self.calls.append(f"thaw({len(names)})")
+        super().thaw(module, names)
+
+    def extend_optimizer(self, optimizer: Any, params: Any, lr: float, schedulers: list[Any]) -> None:
+        self.calls.append(f"extend(lr={lr})")
+        super().extend_optimizer(optimizer, params, lr, schedulers)
+
+    def replica_view(self, module: Any) -> Any:
+        self.calls.append("check")
+        return super().replica_view(module)
+
+    def on_trainable_changed(self, trainer: pl.Trainer) -> None:
+        self.calls.append("register")
+
+
+class RecordingStrategy(SingleDeviceStrategy):
+    pass
+
+
+register_adapter(RecordingStrategy, RecordingAdapter)
+
+
+def test_a_transition_restores_thaws_extends_checks_and_registers_in_that_order(tmp_path: Path) -> None:
+    RecordingAdapter.calls = []
+    trainer = pl.Trainer(
+        strategy=RecordingStrategy("cpu"),
+        max_epochs=6,
+        callbacks=[
+            FinetuningScheduler(ft_schedule=SCHEDULE),
+            FTSEarlyStopping(monitor="val_loss", patience=1),
+            FTSCheckpoint(monitor="val_loss", dirpath=tmp_path),
+        ],
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    # phase 1 never beats epoch 1: phase 2 restores a checkpoint with one group fewer, which is rebuilt first
+    trainer.fit(Recorder(scripted_val_loss=[1.0, 0.5, 0.9, 0.95, 0.4, 0.3]), *loaders())
+    assert RecordingAdapter.calls[1:] == [
+        "restore(groups=1)", "thaw(4)", "extend(lr=0.05)", "check", "register",  # phase 1
+        "restore(groups=1)", "thaw(8)", "extend(lr=0.05)", "extend(lr=0.02)", "check", "register",  # phase 2
+    ]  # fmt: skip
+    assert RecordingAdapter.calls[0] == "thaw(2)"  # freeze_before_training, at setup
+
+
+def test_an_adapter_cannot_reorder_a_transition() -> None:
+    with pytest.raises(TypeError, match="overrides apply_plan, the order of a transition"):
+
+        class Reordering(StrategyAdapter):
+            def apply_plan(self, plan: Any, trainer: Any, check_replicas: bool = False) -> None: ...
