@@ -15,15 +15,18 @@ from fts_dist.errors import FTSConfigError
 if TYPE_CHECKING:
     from fts_dist.callbacks import FinetuningScheduler, FTSCheckpoint, FTSEarlyStopping
     from fts_dist.gen import gen_ft_schedule
+    from fts_dist.strategies import FSDPStrategy
 
 _LAZY = {
     "FinetuningScheduler": "fts_dist.callbacks",
     "FTSCheckpoint": "fts_dist.callbacks",
     "FTSEarlyStopping": "fts_dist.callbacks",
+    "FSDPStrategy": "fts_dist.strategies",
     "gen_ft_schedule": "fts_dist.gen",
 }
 
 __all__ = [
+    "FSDPStrategy",
     "FTSCheckpoint",
     "FTSConfigError",
     "FTSEarlyStopping",

@@ -6,11 +6,19 @@ checkpoint directory) the move is a copy, and a kill during it leaves a truncate
 :class:`AtomicCheckpointIO` streams into a hidden file in the target's own directory and renames it, so a reader
 sees the old file or the new one, never a part; a kill leaves only the hidden partial file, removed by the next
 save of the same checkpoint.
+
+Sharded checkpoints are directories that every rank writes into. :func:`publish` moves a finished staging directory
+(written under :func:`staging_path`, a hidden name Lightning's ``ckpt_path="last"`` never picks) into place with
+one atomic rename, or an atomic exchange when the target exists, so a resume sees the old directory or the new one,
+never a part.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +56,51 @@ def atomic_torch_save(obj: Any, target: str | os.PathLike[str]) -> None:
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    directory = os.open(target.parent, os.O_RDONLY)
+    _fsync_directory(target.parent)  # the rename itself survives a crash of the node
+
+
+_STAGING_MARK = ".fts-staging"
+_RENAME_EXCHANGE = 2  # renameat2(2) flag: swap two paths atomically (Linux >= 3.15)
+_AT_FDCWD = -100
+
+
+def staging_path(target: Path) -> Path:
+    """Where a checkpoint for ``target`` is written before :func:`publish` moves it into place (every rank agrees)."""
+    return target.with_name(f".{target.name}{_STAGING_MARK}")
+
+
+def publish(staging: Path, target: Path) -> None:
+    """Put the finished ``staging`` file or directory at ``target`` atomically, then drop what ``target`` held."""
+    if not staging.is_dir() or not target.exists():
+        if target.is_dir():
+            shutil.rmtree(target)  # a directory replaced by a file (the strategy's state-dict type changed)
+        os.replace(staging, target)
+    elif _exchange(staging, target):
+        shutil.rmtree(staging)  # now the old checkpoint
+    else:  # no renameat2 (not Linux): a crash between the renames leaves the old checkpoint under a hidden name
+        retired = target.with_name(f".{target.name}.fts-retired")
+        shutil.rmtree(retired, ignore_errors=True)
+        os.replace(target, retired)
+        os.replace(staging, target)
+        shutil.rmtree(retired)
+    _fsync_directory(target.parent)
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    status = renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE)
+    return bool(status == 0)
+
+
+def _fsync_directory(directory: Path) -> None:
+    handle = os.open(directory, os.O_RDONLY)
     try:
-        os.fsync(directory)  # the rename itself survives a crash of the node
+        os.fsync(handle)
     finally:
-        os.close(directory)
+        os.close(handle)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -2,6 +2,8 @@
 
 from fts_dist.adapters.base import CheckpointRestoreError, ReplicaMismatchError, StrategyAdapter
 from fts_dist.adapters.ddp import DDPAdapter
+from fts_dist.adapters.fsdp1 import FSDP1Adapter
+from fts_dist.adapters.fsdp2 import FSDP2Adapter
 from fts_dist.adapters.registry import (
     adapter_class_for,
     check_strategy_supported,
@@ -16,6 +18,8 @@ from fts_dist.adapters.replicas import ReplicaView
 __all__ = [
     "CheckpointRestoreError",
     "DDPAdapter",
+    "FSDP1Adapter",
+    "FSDP2Adapter",
     "ReplicaMismatchError",
     "ReplicaView",
     "StrategyAdapter",

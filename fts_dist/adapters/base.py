@@ -19,6 +19,7 @@ from fts_dist.adapters.param_groups import (
     GroupSettings,
     add_param_group,
     check_lr_scheduler_supported,
+    lr_schedulers,
     params_in_optimizer,
     truncate_param_groups,
 )
@@ -108,12 +109,31 @@ class StrategyAdapter:
 
         self.strategy.load_checkpoint = load_checkpoint  # type: ignore[method-assign]
 
+    def keep_frozen_through_model_setup(self, trainer: pl.Trainer, phase0_params: Sequence[str]) -> None:
+        """Freeze everything but phase 0 again right before the strategy builds the optimizer.
+
+        The freeze at ``setup`` precedes ``configure_model``, which may change ``requires_grad`` (tensor parallelism's
+        ``parallelize_module`` re-enabled it on frozen parameters before torch PR 171709); ``configure_optimizers``
+        must still see phase 0 alone.
+        """
+        setup_optimizers = self.strategy.setup_optimizers
+
+        def setup_optimizers_frozen(trainer_: pl.Trainer) -> None:
+            self.thaw(trainer_.lightning_module, phase0_params)
+            setup_optimizers(trainer_)
+
+        self.strategy.setup_optimizers = setup_optimizers_frozen  # type: ignore[method-assign,assignment]
+
     def checkpoint_metadata(self, path: str) -> dict[str, Any]:
         """Everything a checkpoint holds besides weights and optimizer state (loops, callbacks, schedulers)."""
         if Path(path).is_dir():  # a distributed checkpoint: Lightning keeps the rest in meta.pt
             return dict(torch.load(Path(path) / "meta.pt", map_location="cpu", weights_only=False))
         checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
         return {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
+
+    def parameters_without_gradient(self, module: torch.nn.Module) -> list[str]:
+        """Right after a backward: the trainable parameters that got no gradient."""
+        return [name for name, p in self.schedule_parameters(module).items() if p.requires_grad and p.grad is None]
 
     def unused_parameters_are_fatal(self) -> bool:
         """Whether a thawed parameter that gets no gradient breaks training under this strategy (not just idles)."""
@@ -127,7 +147,7 @@ class StrategyAdapter:
         if saved_groups != groups:
             raise ValueError(f"it holds {saved_groups} optimizer group(s) where this schedule expects {groups}")
         self.strategy.load_model_state_dict(checkpoint, strict=True)
-        truncate_param_groups(trainer.optimizers[0], groups, _schedulers(trainer))
+        truncate_param_groups(trainer.optimizers[0], groups, lr_schedulers(trainer))
         self.strategy.load_optimizer_state_dict(checkpoint)
 
     def thaw(self, module: torch.nn.Module, trainable: Iterable[str]) -> None:
@@ -199,7 +219,7 @@ class StrategyAdapter:
         """
         module = trainer.lightning_module
         optimizer = trainer.optimizers[0]
-        schedulers = _schedulers(trainer)
+        schedulers = lr_schedulers(trainer)
         before = GroupSettings.capture(optimizer, schedulers)
         if plan.restore is not None:
             self.comm.barrier()  # the writer finished before anyone reads
@@ -227,7 +247,7 @@ class StrategyAdapter:
         while len(optimizer.param_groups) < until:
             depth = len(optimizer.param_groups) - self.group_count(0) + 1
             phase = [live[name] for name in plan.phase_params[depth]]
-            self.extend_optimizer(optimizer, phase, plan.phase_lrs[depth], _schedulers(trainer))
+            self.extend_optimizer(optimizer, phase, plan.phase_lrs[depth], lr_schedulers(trainer))
 
     def check_replicas(self, module: torch.nn.Module, depth: int) -> None:
         """Collective: compare every rank's :meth:`replica_view`; raise on every rank if they disagree."""
@@ -239,10 +259,6 @@ class StrategyAdapter:
                 f"Replicas diverged at phase {depth}: " + "; ".join(problems) + ". Every rank must apply the same "
                 "plan to the same weights; check for rank-dependent code in the module or data."
             )
-
-
-def _schedulers(trainer: pl.Trainer) -> list[Any]:
-    return [config.scheduler for config in trainer.lr_scheduler_configs]
 
 
 def _check_group_count(optimizer: torch.optim.Optimizer, expected: int) -> None:

@@ -63,6 +63,11 @@ def truncate_param_groups(optimizer: torch.optim.Optimizer, count: int, schedule
             del value[count:]
 
 
+def lr_schedulers(trainer: Any) -> list[Any]:
+    """The LR schedulers a Lightning trainer steps."""
+    return [config.scheduler for config in trainer.lr_scheduler_configs]
+
+
 def params_in_optimizer(optimizer: torch.optim.Optimizer) -> set[int]:
     """``id()`` of every parameter the optimizer holds."""
     return {id(p) for group in optimizer.param_groups for p in group["params"]}

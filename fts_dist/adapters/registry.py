@@ -28,9 +28,12 @@ from typing_extensions import override
 
 from fts_dist.adapters.base import StrategyAdapter
 from fts_dist.adapters.ddp import DDPAdapter
+from fts_dist.adapters.fsdp1 import FSDP1Adapter
+from fts_dist.adapters.fsdp2 import FSDP2Adapter
 from fts_dist.adapters.torch_comm import TorchDistributedComm
 from fts_dist.coordinator import Comm, LocalComm
 from fts_dist.errors import FTSConfigError
+from fts_dist.strategies import FSDPStrategy as CPUCapableFSDPStrategy
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,9 @@ _ADAPTERS: dict[type[pl.strategies.Strategy], _Entry] = {
     SingleDeviceStrategy: _Entry(StrategyAdapter),
     DDPStrategy: _Entry(DDPAdapter),
     DeepSpeedStrategy: _Entry(None, needs_gpu=True),
-    FSDPStrategy: _Entry(None, needs_gpu=True),
-    ModelParallelStrategy: _Entry(None),
+    FSDPStrategy: _Entry(FSDP1Adapter, needs_gpu=True),
+    CPUCapableFSDPStrategy: _Entry(FSDP1Adapter),
+    ModelParallelStrategy: _Entry(FSDP2Adapter),
     XLAStrategy: _Entry(None),  # subclasses DDPStrategy, SingleDeviceXLAStrategy SingleDeviceStrategy: not theirs
     SingleDeviceXLAStrategy: _Entry(None),
 }
@@ -70,8 +74,14 @@ def register_adapter(
 
 
 def supported_strategies() -> list[str]:
-    """Names of the strategy classes that have an adapter."""
-    return sorted(cls.__name__ for cls, entry in _ADAPTERS.items() if entry.adapter is not None)
+    """Names of the strategy classes that have an adapter (Lightning's by class name, others by package too)."""
+    return sorted(
+        cls.__name__
+        if cls.__module__.startswith("pytorch_lightning.")
+        else f"{cls.__module__.split('.')[0]}.{cls.__name__}"
+        for cls, entry in _ADAPTERS.items()
+        if entry.adapter is not None
+    )
 
 
 def _entry_for(strategy_cls: type[pl.strategies.Strategy]) -> _Entry | None:

@@ -1,6 +1,6 @@
 """What ranks are meant to share after a transition, and the comparison that says where they do not.
 
-Each rank describes itself as a :class:`ReplicaView`: its trainable set, and a _checksum of every tensor it holds
+Each rank describes itself as a :class:`ReplicaView`: its trainable set, and a checksum of every tensor it holds
 together with the shard coordinate that says which ranks must hold the same values. A whole tensor (DDP, one
 process) has the empty coordinate: every rank must match. A DTensor shard's coordinate is its position along the
 mesh dimensions it is sharded over, so only ranks that differ along replicate dimensions (HSDP's replica groups, a
@@ -19,13 +19,13 @@ ShardKey = tuple[int, ...]
 
 @dataclass(frozen=True)
 class ReplicaView:
-    """One rank's trainable names and ``name -> (shard key, _checksum)`` of the tensors it holds."""
+    """One rank's trainable names and ``name -> (shard key, checksum)`` of the tensors it holds."""
 
     trainable: tuple[str, ...]
     tensors: dict[str, tuple[ShardKey, tuple[float, float]]]
 
 
-def _checksum(tensor: torch.Tensor) -> tuple[float, float]:
+def checksum(tensor: torch.Tensor) -> tuple[float, float]:
     """Sum and sum of squares in float64: cheap, and a changed value changes one of them."""
     values = tensor.detach().double()
     return float(values.sum()), float(values.square().sum())
@@ -52,7 +52,7 @@ def replica_view(named_tensors: Iterable[tuple[str, torch.Tensor]], trainable: I
     """The view of a rank holding ``named_tensors`` (whole tensors or DTensors) with ``trainable`` thawed."""
     return ReplicaView(
         trainable=tuple(sorted(trainable)),
-        tensors={name: (_shard_key(t), _checksum(_local_values(t))) for name, t in named_tensors},
+        tensors={name: (_shard_key(t), checksum(_local_values(t))) for name, t in named_tensors},
     )
 
 

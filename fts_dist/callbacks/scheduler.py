@@ -98,6 +98,7 @@ class FinetuningScheduler(Callback):
         self._trainer_ref: pl.Trainer | None = None
         self._check_unused_pending = False
         self._liveness = RankLiveness()
+        self._numels: dict[str, int] = {}  # parameter -> elements, read before any wrapper shards it
         self.transition_seconds: dict[int, float] = {}  # depth -> wall time of its transition on this rank
 
     # -- public API of the original callback -------------------------------------------------------------------
@@ -110,6 +111,16 @@ class FinetuningScheduler(Callback):
     def depth_remaining(self) -> int:
         """Number of phases still to run after the current one."""
         return self.coordinator.depth_remaining if self.coordinator else 0
+
+    @property
+    def trainable_numel(self) -> int:
+        """Elements of the parameters that train in the current phase (whole tensors, however they are sharded)."""
+        coordinator = self._coordinator
+        return sum(
+            self._numels[name]
+            for phase in coordinator.schedule.phases[: coordinator.depth + 1]
+            for name in phase.params
+        )
 
     @property
     def schedule(self) -> Schedule:
@@ -176,6 +187,7 @@ class FinetuningScheduler(Callback):
         ranks = self._liveness.start(self.adapter.comm, trainer.local_rank)
         if ranks:
             rank_zero_info(ranks)
+        self._numels = {name: p.numel() for name, p in self.adapter.schedule_parameters(pl_module).items()}
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)
         resolved = run_on_rank_zero(lambda: self._prepare_schedule(pl_module, log_dir), self.adapter.comm)
         if self.gen_ft_sched_only:
@@ -200,6 +212,7 @@ class FinetuningScheduler(Callback):
         self.checkpoint.depth_source = lambda: self.curr_depth
         self._sync_max_epochs(trainer)
         self.freeze_before_training(pl_module)
+        self.adapter.keep_frozen_through_model_setup(trainer, resolved.schedule[0].params)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -251,12 +264,10 @@ class FinetuningScheduler(Callback):
             self.early_stopping.reset_phase()
         self._update_final_phase()
         self._check_unused_pending = True
-        module = trainer.lightning_module
-        trainable = [p for p in module.parameters() if p.requires_grad]
         restored = f"restored '{plan.restore.path}'" if plan.restore else "no checkpoint restored"
         rank_zero_info(
             f"fts_dist: phase {plan.depth} of {self._coordinator.max_depth} begins at epoch {plan.epoch}: "
-            f"{sum(p.numel() for p in trainable):,} trainable parameters in {len(trainable)} tensors, "
+            f"{self.trainable_numel:,} trainable parameters in {len(plan.trainable)} tensors, "
             f"{len(trainer.optimizers[0].param_groups)} optimizer groups, {restored} "
             f"(transition took {self.transition_seconds[plan.depth]:.2f} s)."
         )
@@ -290,8 +301,7 @@ class FinetuningScheduler(Callback):
             rank_zero_info(f"fts_dist: resumed at phase {coordinator.depth} of {coordinator.max_depth}.")
 
     def _check_unused_parameters(self, pl_module: pl.LightningModule) -> None:
-        live = self._adapter.schedule_parameters(pl_module)
-        unused = [name for name, param in live.items() if param.requires_grad and param.grad is None]
+        unused = self._adapter.parameters_without_gradient(pl_module)
         if not unused:
             return
         depth = self.curr_depth

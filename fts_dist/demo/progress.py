@@ -76,7 +76,11 @@ class PhaseSummary(Callback):
         row.seconds += now - self._mark
         self._mark = now
         row.epochs += 1
-        row.trainable = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
+        row.trainable = (
+            scheduler.trainable_numel
+            if scheduler
+            else sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
+        )
         metric = trainer.callback_metrics.get(self.metric)
         if metric is not None:
             value = float(metric)

@@ -130,6 +130,6 @@ def plan_devices(
 def _needs_gpu_error(name: str, where: str) -> FTSConfigError:
     return FTSConfigError(
         f"strategy {name!r} needs CUDA GPUs and {where} has none: run it on a GPU node, or pick a strategy that "
-        "runs on CPU to develop here (ddp, model_parallel (FSDP2), fts_dist.strategies.CPUFSDPStrategy).",
+        "runs on CPU to develop here (ddp, ModelParallelStrategy for FSDP2, fts_dist.FSDPStrategy for FSDP1).",
         key="strategy",
     )

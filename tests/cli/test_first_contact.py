@@ -15,7 +15,8 @@ try:
     main({argv!r})
 except SystemExit:
     pass
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("pytorch_lightning", "lightning", "lightning_fabric", "torch"))
+heavy_packages = ("pytorch_lightning", "lightning", "lightning_fabric", "torch")
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in heavy_packages)
 print("HEAVY:", heavy)
 """
 

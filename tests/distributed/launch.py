@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-WORKER = Path(__file__).parent / "workers" / "ddp_run.py"
+WORKER = Path(__file__).parent / "workers" / "fit_run.py"
 TIMEOUT_S = 180
 
 

@@ -1,10 +1,27 @@
 from __future__ import annotations
 
 import pytest
-from pytorch_lightning.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
+from pytorch_lightning.strategies import (
+    DDPStrategy,
+    DeepSpeedStrategy,
+    FSDPStrategy,
+    ModelParallelStrategy,
+    SingleDeviceStrategy,
+    XLAStrategy,
+)
 
+import fts_dist
 from fts_dist import FTSConfigError
-from fts_dist.adapters import DDPAdapter, StrategyAdapter, register_adapter, resolve_adapter
+from fts_dist.adapters import (
+    DDPAdapter,
+    FSDP1Adapter,
+    FSDP2Adapter,
+    StrategyAdapter,
+    adapter_class_for,
+    check_strategy_supported,
+    register_adapter,
+    resolve_adapter,
+)
 
 
 def test_known_strategies_and_their_subclasses_get_their_adapter() -> None:
@@ -14,13 +31,26 @@ def test_known_strategies_and_their_subclasses_get_their_adapter() -> None:
     assert type(resolve_adapter(SingleDeviceStrategy("cpu"))) is StrategyAdapter
     assert type(resolve_adapter(DDPStrategy())) is DDPAdapter
     assert type(resolve_adapter(MyDDP())) is DDPAdapter
+    assert type(resolve_adapter(ModelParallelStrategy())) is FSDP2Adapter
+    assert adapter_class_for(FSDPStrategy) is adapter_class_for(fts_dist.FSDPStrategy) is FSDP1Adapter
+
+
+def test_subclasses_of_ddp_that_are_not_ddp_do_not_fall_through_to_its_adapter() -> None:
+    assert adapter_class_for(DeepSpeedStrategy) is None and adapter_class_for(XLAStrategy) is None
 
 
 def test_a_strategy_without_adapter_is_refused_with_the_supported_list() -> None:
-    with pytest.raises(FTSConfigError, match=r"no adapter for strategy ModelParallelStrategy; supported: DDPStrategy"):
-        resolve_adapter(ModelParallelStrategy())
+    class Exotic(SingleDeviceStrategy):
+        pass
+
+    register_adapter(Exotic, None)
+    supported = "DDPStrategy, FSDPStrategy, ModelParallelStrategy, SingleDeviceStrategy, fts_dist.FSDPStrategy"
+    with pytest.raises(FTSConfigError, match=f"no adapter for strategy Exotic; supported: {supported}"):
+        resolve_adapter(Exotic("cpu"))
+    with pytest.raises(FTSConfigError, match="no adapter for strategy XLAStrategy"):
+        check_strategy_supported("xla")
     with pytest.warns(UserWarning, match="untested"):
-        adapter = resolve_adapter(ModelParallelStrategy(), allow_untested=True)
+        adapter = resolve_adapter(Exotic("cpu"), allow_untested=True)
     assert isinstance(adapter, StrategyAdapter) and adapter.comm.world_size == 1
 
 

@@ -1,4 +1,5 @@
-"""One rank of a 2-process DDP fine-tuning run on CPU (gloo); writes what it saw to OUT/rank{r}.pt.
+"""One rank of a 2-process fine-tuning run on CPU (gloo) under DDP, FSDP2, HSDP or FSDP1 (``--strategy``); writes
+what it saw to OUT/rank{r}.pt.
 
 Launched by torchrun, by Lightning's own launcher (``--launcher lightning``: rank 0 runs this file and Lightning
 starts rank 1 as a copy), or as a single-process reference over the same global batches (``--reference``).
@@ -14,17 +15,21 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.strategies import DDPStrategy
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.strategies import DDPStrategy, ModelParallelStrategy
+from torch.distributed.fsdp import ShardingStrategy
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-from fts_dist import FinetuningScheduler, FTSCheckpoint, FTSEarlyStopping
+from fts_dist import FinetuningScheduler, FSDPStrategy, FTSCheckpoint, FTSEarlyStopping
 from fts_dist.adapters import StrategyAdapter, register_adapter
-from tests.modules import SCHEDULE, define_module
+from tests.distributed.sharded_modules import MixedPrecisionReference, Recorder, ShardedRecorder, full_state
+from tests.modules import SCHEDULE
 from tests.worker_exit import finish_worker
 
-Recorder = define_module(pl)
+SHARDED = ("fsdp2", "hsdp", "fsdp1")
 BATCH, STEPS, WORLD = 4, 3, 2
 EPOCH_SCHEDULE = {d: {**p, "max_transition_epoch": e} for (d, p), e in zip(SCHEDULE.items(), (1, 3, 3), strict=True)}
 SCRIPTS = {
@@ -92,29 +97,88 @@ def optimizer_factory(args: argparse.Namespace) -> Any:
     return None  # the reference trains plain SGD: ZeRO must compute the very same update
 
 
+class PlantTrainable(pl.Callback):
+    """Makes rank 1's adapter thaw one parameter too many at the first transition (a rank-dependent adapter bug)."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        scheduler = next(c for c in trainer.callbacks if isinstance(c, FinetuningScheduler))
+        adapter_thaw = scheduler.adapter.thaw
+
+        def thaw(module: Any, trainable: Any) -> None:
+            names = list(trainable)
+            extra = ["layers.0.weight"] if trainer.global_rank == 1 and "layers.2.weight" in names else []
+            adapter_thaw(module, names + extra)
+
+        scheduler.adapter.thaw = thaw  # type: ignore[method-assign]
+
+
+class KillDuringCheckpointWrite(pl.Callback):
+    """SIGKILLs rank 0 in the middle of writing ``last.ckpt`` at ``epoch``: its shards are on disk, its metadata
+    (meta.pt, written last) is not."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        real_save = torch.save
+
+        def save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+            path = str(f)
+            writing_last = trainer.global_rank == 0 and path.endswith("meta.pt") and "last.ckpt" in path
+            if writing_last and obj.get("epoch") == self.epoch:
+                os.kill(os.getpid(), 9)
+            real_save(obj, f, *args, **kwargs)
+
+        torch.save = save
+
+
+def build_strategy(args: argparse.Namespace) -> Any:
+    if args.reference:
+        return "auto"
+    if args.strategy in ("fsdp2", "hsdp"):
+        return ModelParallelStrategy(data_parallel_size=WORLD, tensor_parallel_size=1)
+    if args.strategy == "fsdp1":
+        policy = {torch.nn.Sequential} if args.misaligned else {torch.nn.Linear}
+        sharding = ShardingStrategy[args.sharding]
+        return FSDPStrategy(auto_wrap_policy=ModuleWrapPolicy(policy), sharding_strategy=sharding)
+    options = {"bucket_cap_mb": 1, "gradient_as_bucket_view": True, "static_graph": True} if args.ddp_options else {}
+    return DDPStrategy(process_group_backend="gloo", **options)
+
+
+def build_model(args: argparse.Namespace) -> Any:
+    common = {"lr": 0.05, "scheduler": scheduler_factory(args.scheduler), "scripted_val_loss": SCRIPTS.get(args.mode)}
+    if args.reference and args.bf16:
+        return MixedPrecisionReference(world=WORLD, **common)  # what FSDP2's bf16 computes on WORLD ranks
+    if args.strategy in SHARDED and not args.reference:
+        return ShardedRecorder(layout=args.strategy, bf16=args.bf16, **common)
+    return Recorder(optimizer=optimizer_factory(args), **common)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--launcher", choices=["torchrun", "lightning"], default="torchrun")
     parser.add_argument("--reference", action="store_true")
+    parser.add_argument("--strategy", choices=["ddp", *SHARDED], default="ddp")
     parser.add_argument("--mode", choices=["epochs", *SCRIPTS], default="epochs")
     parser.add_argument("--scheduler", default="none")
     parser.add_argument("--optimizer", choices=["sgd", "zero", "oss"], default="sgd")
     parser.add_argument("--naive", action="store_true", help="thaw without the DDP adapter (expected to diverge)")
-    parser.add_argument("--plant", choices=["none", "mismatch", "raise", "unused"], default="none")
+    parser.add_argument("--plant", choices=["none", "mismatch", "raise", "unused", "trainable"], default="none")
     parser.add_argument("--max-epochs", type=int, default=5)
     parser.add_argument("--ddp-options", action="store_true", help="non-default DDP options that must survive")
+    parser.add_argument("--bf16", action="store_true", help="FSDP2 MixedPrecisionPolicy(bf16, reduce fp32)")
+    parser.add_argument("--sharding", default="FULL_SHARD", help="FSDP1 sharding strategy")
+    parser.add_argument("--misaligned", action="store_true", help="FSDP1: one unit for all layers")
+    parser.add_argument("--kill-writing-last-at", type=int, default=None, help="SIGKILL rank 0 mid-write")
+    parser.add_argument("--resume", action="store_true", help="fit(ckpt_path='last') from OUT/ckpts")
     args = parser.parse_args()
     out = Path(args.out)
     torch.set_num_threads(1)
     if args.naive:
         register_adapter(DDPStrategy, StrategyAdapter)
 
-    model = Recorder(
-        lr=0.05,
-        scheduler=scheduler_factory(args.scheduler),
-        scripted_val_loss=SCRIPTS.get(args.mode),
-    )
+    model = build_model(args)
     schedule = EPOCH_SCHEDULE if args.mode == "epochs" else SCHEDULE
     if args.plant == "unused":  # a thawed layer that forward never calls
         model.spare = torch.nn.Linear(2, 2)
@@ -128,21 +192,21 @@ def main() -> None:
         ),  # a restore would heal the planted fault
         FTSCheckpoint(monitor="val_loss", dirpath=out / "ckpts"),
     ]
+    if args.resume or args.kill_writing_last_at is not None:  # last.ckpt every epoch, to resume from
+        callbacks.append(ModelCheckpoint(dirpath=out / "resume", filename="latest", save_last=True))
     callbacks.append(RecordDDPWrapper())
     if args.mode in SCRIPTS:
         callbacks.append(FTSEarlyStopping(monitor="val_loss", patience=1))
     # planted faults run before the scheduler's hook, so they hit the transition at epoch 1
-    callbacks = {"mismatch": [PlantMismatch()], "raise": [RaiseOnRankOne()]}.get(args.plant, []) + callbacks
+    planted = {"mismatch": [PlantMismatch()], "raise": [RaiseOnRankOne()], "trainable": [PlantTrainable()]}
+    callbacks = planted.get(args.plant, []) + callbacks
+    if args.kill_writing_last_at is not None:
+        callbacks.append(KillDuringCheckpointWrite(args.kill_writing_last_at))
     data = dataset()
     if args.reference:
-        strategy: Any = "auto"
         train = DataLoader(global_batches(data), batch_size=BATCH * WORLD)
         devices = 1
     else:
-        options = (
-            {"bucket_cap_mb": 1, "gradient_as_bucket_view": True, "static_graph": True} if args.ddp_options else {}
-        )
-        strategy = DDPStrategy(process_group_backend="gloo", **options)
         rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
         train = DataLoader(data, batch_size=BATCH, sampler=DistributedSampler(data, WORLD, rank, shuffle=False))
         devices = WORLD
@@ -150,7 +214,7 @@ def main() -> None:
         accelerator="cpu",
         devices=devices,
         num_nodes=1,
-        strategy=strategy,
+        strategy=build_strategy(args),
         max_epochs=args.max_epochs,
         use_distributed_sampler=False,
         callbacks=callbacks,
@@ -159,8 +223,9 @@ def main() -> None:
         enable_model_summary=False,
         logger=False,
     )
-    trainer.fit(model, train, DataLoader(data, batch_size=len(data)))
-    result = {"records": model.records, "final": {k: v.clone() for k, v in model.state_dict().items()}}
+    trainer.fit(model, train, DataLoader(data, batch_size=len(data)), ckpt_path="last" if args.resume else None)
+    final = full_state(trainer.strategy.model) if isinstance(model, ShardedRecorder) else model.state_dict()
+    result = {"records": model.records, "final": {k: v.clone() for k, v in final.items()}}
     result["ddp"] = getattr(model, "ddp_wrapper", None)
     torch.save(result, out / f"rank{trainer.global_rank}{'-reference' if args.reference else ''}.pt")
     finish_worker()

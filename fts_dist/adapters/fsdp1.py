@@ -1,0 +1,115 @@
+"""The FSDP1 adapter: scheduled fine-tuning under Lightning's ``FSDPStrategy`` (``FullyShardedDataParallel``).
+
+FSDP1 flattens each wrapped unit's parameters into one flat parameter. With ``use_orig_params=True`` (required
+here, Lightning's default) the original parameters stay addressable and may differ in ``requires_grad``, and a thaw
+takes effect at the next forward (FSDP copies ``requires_grad`` to the flat parameter in its root pre-forward).
+But a unit keeps one flat gradient: while any of its parameters trains, the frozen rest is still differentiated,
+reduce-scattered and held (measured: the full shard's gradient, with non-zero values for frozen layers; pytorch
+issue 104690). So every unit must lie within one phase, checked before step 0.
+
+Parameter names: Lightning's auto-wrap inserts ``_fsdp_wrapped_module.`` into ``named_parameters()``; schedules use
+the original names, which this adapter maps to the live parameters.
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from pytorch_lightning.strategies import FSDPStrategy
+from torch.distributed.fsdp import FullyShardedDataParallel
+from torch.distributed.fsdp._common_utils import clean_tensor_name
+from typing_extensions import override
+
+from fts_dist.adapters.replicas import ReplicaView, ShardKey, checksum
+from fts_dist.adapters.sharded import ShardedAdapter
+from fts_dist.errors import FTSConfigError
+from fts_dist.schedule import Schedule
+
+
+class FSDP1Adapter(ShardedAdapter):
+    """Applies phase plans under ``FSDPStrategy`` (and :class:`fts_dist.FSDPStrategy`, which also runs on CPU).
+
+    Requires ``use_orig_params=True`` and an auto-wrap policy whose units each hold parameters of one phase (or of
+    none). ``restore_best`` reads each rank's own shards with ``state_dict_type="sharded"``.
+    """
+
+    @override
+    def validate_strategy(self, trainer: pl.Trainer) -> None:
+        if not isinstance(self.strategy, FSDPStrategy):
+            raise FTSConfigError(f"FSDP1Adapter serves FSDPStrategy, got {type(self.strategy).__name__}.")
+        if not self.strategy.kwargs.get("use_orig_params", True):
+            raise FTSConfigError(
+                "FSDPStrategy(use_orig_params=False) flattens each unit into one parameter whose requires_grad must "
+                "be uniform, so a phase cannot thaw part of a unit. Pass use_orig_params=True (Lightning's default).",
+                key="use_orig_params",
+            )
+
+    @override
+    def schedule_parameters(self, module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+        return {clean_tensor_name(name): param for name, param in module.named_parameters()}
+
+    @override
+    def validate_schedule(self, schedule: Schedule, trainer: pl.Trainer) -> None:
+        phase_of = {name: depth for depth, phase in enumerate(schedule.phases) for name in phase.params}
+        misaligned = []
+        for unit_name, names in _units(self._root()):
+            phases = sorted({phase_of.get(name, -1) for name in names})
+            if len(phases) > 1:
+                where = ", ".join(
+                    f"{'never thawed' if d < 0 else f'phase {d}'}: {[n for n in names if phase_of.get(n, -1) == d][:2]}"
+                    for d in phases
+                )
+                misaligned.append(f"'{unit_name or '<root>'}' ({where})")
+        if misaligned:
+            raise FTSConfigError(
+                f"{len(misaligned)} FSDP unit(s) hold parameters of more than one phase: {'; '.join(misaligned)}. "
+                "FSDP1 keeps one flat gradient per unit, so while part of a unit trains, its frozen part is still "
+                "differentiated, reduce-scattered and stored (pytorch issue 104690). Align the auto-wrap policy with "
+                "the phases: wrap each module a phase thaws as a unit of its own, e.g. "
+                "FSDPStrategy(auto_wrap_policy={TransformerBlock, nn.Embedding, nn.Linear}) for blocks, embeddings "
+                "and the head, so that the root keeps only parameters of one phase.",
+                key="params",
+            )
+
+    @override
+    def parameters_without_gradient(self, module: torch.nn.Module) -> list[str]:
+        """Only what a whole unit left without gradient shows: a parameter whose shard on this rank is empty has no
+        gradient view here, and one inside a unit that got a gradient has a (zero) view even when unused."""
+        live = self.schedule_parameters(module)
+        return [name for name, p in live.items() if p.requires_grad and p.numel() > 0 and p.grad is None]
+
+    @override
+    def replica_view(self, module: torch.nn.Module) -> ReplicaView:
+        """Each unit's local flat shard, compared only between ranks at the same position of its shard group
+        (``HYBRID_SHARD`` replicas; none under ``FULL_SHARD``)."""
+        live = self.schedule_parameters(module)
+        tensors: dict[str, tuple[ShardKey, tuple[float, float]]] = {}
+        for unit_name, unit in _named_units(self._root()):
+            flat = unit._handle.flat_param  # type: ignore[union-attr]
+            local = getattr(flat, "_local_shard", flat.data)
+            tensors[f"{unit_name or '<root>'}.flat_param"] = ((dist.get_rank(unit.process_group),), checksum(local))
+        return ReplicaView(tuple(sorted(n for n, p in live.items() if p.requires_grad)), tensors)
+
+    def _root(self) -> torch.nn.Module:
+        """The outermost FSDP wrapper (Lightning wraps the LightningModule itself): it owns what no sub-unit holds."""
+        assert self.strategy.model is not None
+        return self.strategy.model
+
+
+def _named_units(module: torch.nn.Module) -> list[tuple[str, FullyShardedDataParallel]]:
+    """FSDP units that hold parameters, by their original (clean) module name."""
+    return [
+        (clean_tensor_name(name), unit)
+        for name, unit in module.named_modules()
+        if isinstance(unit, FullyShardedDataParallel) and unit._handle is not None
+    ]
+
+
+def _units(module: torch.nn.Module) -> list[tuple[str, list[str]]]:
+    """Each unit's name and the original names of the parameters in its flat parameter."""
+    units = []
+    for unit_name, unit in _named_units(module):
+        prefix = f"{unit_name}." if unit_name else ""
+        units.append((unit_name, [clean_tensor_name(prefix + fqn) for fqn in unit._handle.flat_param._fqns]))  # type: ignore[union-attr]
+    return units

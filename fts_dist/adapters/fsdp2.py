@@ -1,0 +1,91 @@
+"""The FSDP2 adapter: scheduled fine-tuning under Lightning's ``ModelParallelStrategy`` (``fully_shard``, DTensor).
+
+FSDP2 keeps each parameter as a DTensor shard and checks ``requires_grad`` at every all-gather, so a thaw takes
+effect at the next forward and only thawed parameters get gradients and optimizer state. What it needs from us
+(each measured on torch 2.13, CPU/gloo):
+
+- A module whose parameters are all frozen at its first forward keeps them unsharded afterwards when it is an FSDP
+  root (``reshard_after_forward`` is off for roots): thawing those plain tensors trains nothing. Every FSDP module
+  is resharded before a thaw, so the sharded DTensors are what thaws and what joins the optimizer.
+- Mixed precision: a parameter group that was all frozen at the first forward has no reduce dtype, and the first
+  backward after its thaw fails (``attempting to assign a gradient with dtype BFloat16 ... grad_dtype Float``,
+  pytorch issue 186998). Its dtypes are recomputed after each thaw.
+- One optimizer group mixing DTensors and plain tensors fails in the foreach and fused kernels (pytorch issue
+  134212): refused before step 0, naming the plain parameters.
+
+HSDP and tensor parallelism work as the module's ``configure_model`` sets them up; the replica check compares
+shards only between ranks that hold the same shard (along replicate dimensions).
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.strategies import ModelParallelStrategy
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
+from typing_extensions import override
+
+from fts_dist.adapters.sharded import ShardedAdapter
+from fts_dist.errors import FTSConfigError
+from fts_dist.schedule import Schedule
+
+
+class FSDP2Adapter(ShardedAdapter):
+    """Applies phase plans under ``ModelParallelStrategy``: FSDP2 (``fully_shard``), HSDP and tensor parallelism.
+
+    Each phase adds one optimizer group over the phase's DTensor parameters, identically on every rank; frozen
+    parameters hold no gradient and no optimizer state. ``restore_best`` reads each rank's own shards of the best
+    checkpoint (``ModelParallelStrategy(save_distributed_checkpoint=True)``, the default).
+    """
+
+    @override
+    def validate_strategy(self, trainer: pl.Trainer) -> None:
+        if not isinstance(self.strategy, ModelParallelStrategy):
+            raise FTSConfigError(f"FSDP2Adapter serves ModelParallelStrategy, got {type(self.strategy).__name__}.")
+
+    @override
+    def validate_schedule(self, schedule: Schedule, trainer: pl.Trainer) -> None:
+        module = trainer.lightning_module
+        _reshard(module)
+        live = self.schedule_parameters(module)
+        for depth, phase in enumerate(schedule.phases):
+            plain = [name for name in phase.params if not isinstance(live[name], DTensor)]
+            if plain and len(plain) < len(phase.params):
+                raise FTSConfigError(
+                    f"Phase {depth} mixes sharded (DTensor) parameters and {len(plain)} plain one(s), e.g. "
+                    f"{plain[:3]}; "
+                    "one optimizer group of both fails in the foreach and fused optimizer kernels (pytorch issue "
+                    "134212). Apply `fully_shard` (or your tensor-parallel plan) in `configure_model` to the modules "
+                    "holding them, or schedule them in a phase of their own.",
+                    phase=depth,
+                    key="params",
+                )
+
+    @override
+    def thaw(self, module: torch.nn.Module, trainable: object) -> None:
+        _reshard(module)  # a frozen root keeps its unsharded tensors after forward: thaw the sharded DTensors
+        super().thaw(module, trainable)  # type: ignore[arg-type]
+        _refresh_mixed_precision_dtypes(module)
+
+
+def _fsdp_modules(module: torch.nn.Module) -> list[FSDPModule]:
+    return [m for m in module.modules() if isinstance(m, FSDPModule)]
+
+
+def _reshard(module: torch.nn.Module) -> None:
+    for fsdp_module in _fsdp_modules(module):
+        fsdp_module.reshard()
+
+
+def _refresh_mixed_precision_dtypes(module: torch.nn.Module) -> None:
+    """Recompute each FSDP parameter group's compute and reduce dtypes from its current trainable set.
+
+    FSDP2 fixes them at the root's first forward from the parameters trainable then (pytorch issue 186998); a group
+    thawed later would keep none. ``_init_mp_dtypes`` is private: where a torch version lacks it, nothing is done.
+    """
+    for fsdp_module in _fsdp_modules(module):
+        group = getattr(fsdp_module._get_fsdp_state(), "_fsdp_param_group", None)
+        init_dtypes = getattr(group, "_init_mp_dtypes", None)
+        if init_dtypes is not None:
+            init_dtypes()

@@ -1,0 +1,88 @@
+"""What the sharded adapters (FSDP2, FSDP1) share: collectives, staged checkpoint directories, shard-wise restore.
+
+A sharded checkpoint is a directory every rank writes its shards into. Saves go to a hidden staging directory that
+moves into place once every rank has finished (:func:`fts_dist.checkpoint_io.publish`), so a kill mid-write leaves
+the previous checkpoint whole and nothing a resume would pick up. At a transition every rank reads only its own
+shards through Lightning's loader (``torch.distributed.checkpoint``), after the optimizer has been cut back to the
+groups the checkpoint holds; no rank builds the full model or the full optimizer state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.distributed.checkpoint import CheckpointException, FileSystemReader
+from typing_extensions import override
+
+from fts_dist.adapters.base import StrategyAdapter
+from fts_dist.adapters.param_groups import lr_schedulers, truncate_param_groups
+from fts_dist.adapters.torch_comm import TorchDistributedComm
+from fts_dist.checkpoint_io import publish, staging_path
+from fts_dist.coordinator import Comm
+
+_OPTIMIZER_GROUPS_KEY = "optimizer_0.param_groups."  # how Lightning's sharded saves name the first optimizer's groups
+
+
+class ShardedAdapter(StrategyAdapter):
+    """The base of the FSDP2 and FSDP1 adapters (not registered for any strategy by itself)."""
+
+    @property
+    @override
+    def comm(self) -> Comm:
+        return TorchDistributedComm()
+
+    @override
+    def prepare_checkpointing(self, trainer: pl.Trainer, before_resume_load: Callable[[dict[str, Any]], None]) -> None:
+        super().prepare_checkpointing(trainer, before_resume_load)
+        strategy, save = self.strategy, self.strategy.save_checkpoint
+
+        def save_checkpoint(checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
+            target = Path(strategy.broadcast(str(filepath)))
+            staging = staging_path(target)
+            if strategy.is_global_zero:
+                _remove(staging)  # what a killed writer left
+            strategy.barrier()
+            save(checkpoint, staging, storage_options)
+            strategy.barrier()  # every rank's shards are on disk
+            if strategy.is_global_zero:
+                publish(staging, target)
+            strategy.barrier()
+
+        strategy.save_checkpoint = save_checkpoint  # type: ignore[method-assign]
+
+    @override
+    def load_checkpoint_state(self, path: str, groups: int, trainer: pl.Trainer) -> None:
+        saved_groups = _saved_group_count(Path(path))
+        if saved_groups != groups:
+            raise ValueError(f"it holds {saved_groups} optimizer group(s) where this schedule expects {groups}")
+        truncate_param_groups(trainer.optimizers[0], groups, lr_schedulers(trainer))
+        try:
+            self._load_strategy_checkpoint(path)  # weights and optimizer state in place, each rank its own shards
+        except CheckpointException as err:  # a BaseException: make it an ordinary error the transition reports
+            raise RuntimeError(str(err)) from err
+
+
+def _saved_group_count(path: Path) -> int:
+    """Optimizer groups in a Lightning checkpoint: from a sharded directory's metadata, or a whole file's state."""
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at '{path}'")
+    if path.is_dir():
+        keys = FileSystemReader(str(path)).read_metadata().state_dict_metadata
+        return len(
+            {key[len(_OPTIMIZER_GROUPS_KEY) :].split(".")[0] for key in keys if key.startswith(_OPTIMIZER_GROUPS_KEY)}
+        )
+    checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    return len(checkpoint["optimizer_states"][0]["param_groups"])
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

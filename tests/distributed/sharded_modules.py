@@ -1,0 +1,86 @@
+"""The test module (``tests.modules.Recorder``) sharded for FSDP2 / HSDP / FSDP1, and a one-process reference that
+computes exactly what FSDP2's bf16 mixed precision computes on several ranks."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp._common_utils import clean_tensor_name
+
+from tests.modules import define_module
+
+Recorder = define_module(pl)
+
+
+def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Collective: every rank gets the whole, unsharded state dict (original parameter names)."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=False)
+    return {clean_tensor_name(k): v.detach().clone() for k, v in get_model_state_dict(model, options=options).items()}
+
+
+class ShardedRecorder(Recorder):
+    """Recorder whose ``configure_model`` applies FSDP2 (``layout="fsdp2"``) or HSDP (``"hsdp"``: replicated across
+    ranks, one shard); under FSDP1 it leaves wrapping to the strategy. Records hold gathered, whole weights."""
+
+    def __init__(self, *args: Any, layout: str = "fsdp1", bf16: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.layout, self.bf16 = layout, bf16
+
+    def configure_model(self) -> None:
+        if self.layout not in ("fsdp2", "hsdp") or isinstance(self.layers, FSDPModule):
+            return
+        world = self.device_mesh.size()
+        mesh = (
+            self.device_mesh["data_parallel"]
+            if self.layout == "fsdp2"
+            else init_device_mesh("cpu", (world, 1), mesh_dim_names=("replicate", "shard"))
+        )
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if self.bf16 else None
+        options = {"mesh": mesh, **({"mp_policy": policy} if policy else {})}
+        for layer in self.layers:
+            fully_shard(layer, **options)
+        fully_shard(self.layers, **options)
+
+    def on_train_epoch_start(self) -> None:
+        optimizer = self.trainer.optimizers[0]
+        self.records.append(
+            {
+                "epoch": self.current_epoch,
+                "trainable": [clean_tensor_name(n) for n, p in self.named_parameters() if p.requires_grad],
+                "lrs": [round(g["lr"], 12) for g in optimizer.param_groups],
+                "weights": full_state(self.trainer.strategy.model),
+            }
+        )
+
+
+class MixedPrecisionReference(Recorder):
+    """One process computing what FSDP2 with ``MixedPrecisionPolicy(bf16, reduce fp32)`` computes on ``world``
+    ranks: each rank's share of the global batch runs forward and backward in bf16, gradients are cast to fp32 and
+    averaged, and the optimizer steps the fp32 weights."""
+
+    def __init__(self, *args: Any, world: int = 2, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.world = world
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        self.steps += 1
+        optimizer = self.optimizers()
+        trainable = [p for p in self.layers.parameters() if p.requires_grad]
+        total = [torch.zeros_like(p) for p in trainable]
+        for x, y in zip(*(t.chunk(self.world) for t in batch), strict=True):
+            shadow = copy.deepcopy(self.layers).to(torch.bfloat16)
+            nn.functional.cross_entropy(shadow(x.to(torch.bfloat16)), y).backward()
+            for sum_, p in zip(total, [p for p in shadow.parameters() if p.requires_grad], strict=True):
+                sum_ += p.grad.float()
+        for p, sum_ in zip(trainable, total, strict=True):
+            p.grad = sum_ / self.world
+        optimizer.step()
+        optimizer.zero_grad()

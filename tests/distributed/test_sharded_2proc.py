@@ -1,0 +1,107 @@
+"""2-process FSDP2 / HSDP / FSDP1 on CPU (gloo): every phase's thaw, group and restore, against one process.
+
+Each rank trains on its own half of every global batch; the reference is one process over the same global batches
+(for bf16, one that computes what FSDP2's mixed precision computes). The weights compared are the gathered, whole
+ones. Several checks share a launch: CI time is counted in launches (about 8-10 s each on two cores).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.distributed.launch import Run, launch
+
+pytestmark = [pytest.mark.distributed, pytest.mark.timeout(400)]
+REFERENCE_ATOL = 1e-5
+# phase 1 never beats epoch 1, so phase 2 (epoch 4) restores a checkpoint of phase 0, with one optimizer group
+STALE = ("--mode", "early-stopping-stale", "--scheduler", "steplr", "--max-epochs", "6")
+STALE_DEPTHS = [0, 0, 0, 1, 2, 2]
+
+
+@pytest.fixture(scope="module")
+def stale_reference(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """One process over the global batches of the ``STALE`` run (shared by the tests that run it)."""
+    out = tmp_path_factory.mktemp("reference")
+    run = launch(out, *STALE, reference=True)
+    assert run.returncode == 0, run.output[-3000:]
+    return run
+
+
+def max_abs_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def assert_matches(run: Run, reference: dict, depths: list[int]) -> None:
+    """Ranks identical at every epoch start and at the end; the trainable sets, learning rates and final weights
+    of the reference."""
+    rank0, rank1 = run.rank(0), run.rank(1)
+    assert [len(r["lrs"]) - 1 for r in rank0["records"]] == depths
+    for epoch0, epoch1 in zip(rank0["records"], rank1["records"], strict=True):
+        assert epoch0["trainable"] == epoch1["trainable"] and epoch0["lrs"] == epoch1["lrs"]
+        assert max_abs_diff(epoch0["weights"], epoch1["weights"]) == 0.0
+    assert max_abs_diff(rank0["final"], rank1["final"]) == 0.0
+    assert max_abs_diff(rank0["final"], reference["final"]) < REFERENCE_ATOL
+    resumed_from = len(reference["records"]) - len(rank0["records"])
+    for ours, ref in zip(rank0["records"], reference["records"][resumed_from:], strict=True):
+        assert ours["lrs"] == pytest.approx(ref["lrs"]) and ours["trainable"] == ref["trainable"]
+
+
+def test_fsdp2_restores_an_earlier_phase_with_an_lr_scheduler(tmp_path: Path, stale_reference: Run) -> None:
+    run = launch(tmp_path, "--strategy", "fsdp2", *STALE)
+    assert run.returncode == 0, run.output[-3000:]
+    assert_matches(run, stale_reference.reference(), STALE_DEPTHS)
+    assert "phase 2 of 2 begins at epoch 4: 202 trainable parameters in 8 tensors, 3 optimizer groups" in run.output
+
+
+def test_fsdp2_bf16_mixed_precision_after_thawing_modules_that_ran_frozen(tmp_path: Path) -> None:
+    """Phases 1 and 2 ran their first forward frozen; without the dtype refresh their first backward fails."""
+    run = launch(tmp_path, "--strategy", "fsdp2", "--bf16")
+    assert run.returncode == 0, run.output[-3000:]
+    reference = launch(tmp_path, "--bf16", reference=True)
+    assert reference.returncode == 0, reference.output[-3000:]
+    assert_matches(run, reference.reference(), [0, 1, 1, 2, 2])
+
+
+@pytest.mark.parametrize(("strategy", "extra"), [("fsdp2", ()), ("fsdp1", ("--sharding", "SHARD_GRAD_OP"))])
+def test_a_kill_mid_sharded_write_keeps_the_last_checkpoint_and_the_resume_matches(
+    tmp_path: Path, stale_reference: Run, strategy: str, extra: tuple[str, ...]
+) -> None:
+    """Rank 0 is SIGKILLed after the shards of epoch 4's last.ckpt are written, before its metadata; the resume
+    starts from epoch 3's (phase 1, two optimizer groups), thaws phase 2 right after validation and restores phase
+    0's best checkpoint, and ends where the uninterrupted reference ends."""
+    killed = launch(tmp_path, "--strategy", strategy, *extra, *STALE, "--kill-writing-last-at", "4")
+    assert killed.returncode != 0
+    resume_dir = tmp_path / "resume"
+    assert sorted(p.name for p in resume_dir.iterdir()) == [".last.ckpt.fts-staging", "last.ckpt", "latest.ckpt"]
+    assert not (resume_dir / ".last.ckpt.fts-staging" / "meta.pt").exists()  # the interrupted write
+    assert torch.load(resume_dir / "last.ckpt" / "meta.pt", weights_only=False)["epoch"] == 3  # the previous one
+
+    resumed = launch(tmp_path, "--strategy", strategy, *extra, *STALE, "--resume")
+    assert resumed.returncode == 0, resumed.output[-3000:]
+    assert "resumed at phase 1 of 2" in resumed.output
+    assert_matches(resumed, stale_reference.reference(), [2, 2])
+    assert not (resume_dir / ".last.ckpt.fts-staging").exists()  # the next save cleared it
+
+
+def test_hsdp_replica_check_catches_weights_that_differ_between_replicas(tmp_path: Path) -> None:
+    run = launch(tmp_path, "--strategy", "hsdp", "--plant", "mismatch")
+    assert run.returncode != 0
+    assert "Replicas diverged at phase 1: rank 1 weights differ from rank 0's in ['layers.0.weight']" in run.output
+
+
+def test_fsdp2_replica_check_catches_a_trainable_set_that_differs(tmp_path: Path) -> None:
+    run = launch(tmp_path, "--strategy", "fsdp2", "--plant", "trainable")
+    assert run.returncode != 0
+    assert "Replicas diverged at phase 1: rank 1 trainable set differs from rank 0's: ['layers.0.weight']" in run.output
+
+
+def test_fsdp1_units_that_span_phases_are_refused_before_training(tmp_path: Path) -> None:
+    run = launch(tmp_path, "--strategy", "fsdp1", "--misaligned")
+    assert run.returncode != 0
+    assert "1 FSDP unit(s) hold parameters of more than one phase: 'layers' (phase 0: ['layers.3.weight'" in run.output
+    assert "Align the auto-wrap policy with the phases" in run.output
+    assert "failed at epoch 0, phase 0" in run.output
