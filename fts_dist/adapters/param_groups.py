@@ -53,11 +53,21 @@ def add_param_group(
 
 
 def truncate_param_groups(optimizer: torch.optim.Optimizer, count: int, schedulers: Sequence[Any]) -> None:
-    """Drop the groups past ``count`` (and their optimizer state and scheduler entries)."""
-    for group in optimizer.param_groups[count:]:
-        for param in group["params"]:
-            optimizer.state.pop(param, None)
-    del optimizer.param_groups[count:]
+    """Drop the groups past ``count`` (and their optimizer state and scheduler entries).
+
+    ``ZeroRedundancyOptimizer`` and fairscale's ``OSS`` step a local optimizer over this rank's shard, with one
+    group per group of theirs, and cache their partition: both are cut back too, or loading a checkpoint with fewer
+    groups fails (``Mismatch between number of source and destination parameter groups``).
+    """
+    local = getattr(optimizer, "optim", None)
+    for opt in (optimizer, local) if isinstance(local, torch.optim.Optimizer) else (optimizer,):
+        for group in opt.param_groups[count:]:
+            for param in group["params"]:
+                opt.state.pop(param, None)
+        del opt.param_groups[count:]
+    clear_partition_cache = getattr(optimizer, "_clear_cache", None)
+    if clear_partition_cache is not None:
+        clear_partition_cache()
     for scheduler in schedulers:
         for value in _per_group_lists(scheduler).values():
             del value[count:]

@@ -227,6 +227,7 @@ def main() -> None:
     final = full_state(trainer.strategy.model) if isinstance(model, ShardedRecorder) else model.state_dict()
     result = {"records": model.records, "final": {k: v.clone() for k, v in final.items()}}
     result["ddp"] = getattr(model, "ddp_wrapper", None)
+    result["optimizer"] = type(trainer.optimizers[0]).__name__
     torch.save(result, out / f"rank{trainer.global_rank}{'-reference' if args.reference else ''}.pt")
     finish_worker()
 
