@@ -60,9 +60,8 @@ def assert_replicas_equal_every_epoch(run) -> None:
 def test_world_size_2_equals_single_process(tmp_path: Path, launcher: str, args: tuple, depths: list) -> None:
     run = launch(tmp_path, *args, launcher=launcher)
     assert run.returncode == 0, run.output[-3000:]
-    optimizer = {"zero": "ZeroRedundancyOptimizer", "oss": "OSS"}.get(
-        dict(zip(args, args[1:])).get("--optimizer"), "SGD"
-    )
+    chosen = args[args.index("--optimizer") + 1] if "--optimizer" in args else "sgd"
+    optimizer = {"zero": "ZeroRedundancyOptimizer", "oss": "OSS", "sgd": "SGD"}[chosen]
     assert run.rank(0)["optimizer"] == optimizer  # the sharded optimizers ran, against a plain-SGD reference
     assert [len(r["lrs"]) - 1 for r in run.rank(0)["records"]] == depths
     assert_replicas_equal_every_epoch(run)
