@@ -4,9 +4,10 @@ FSDP2 keeps each parameter as a DTensor shard and checks ``requires_grad`` at ev
 effect at the next forward and only thawed parameters get gradients and optimizer state. What it needs from us
 (each measured on torch 2.13, CPU/gloo):
 
-- A module whose parameters are all frozen at its first forward keeps them unsharded afterwards when it is an FSDP
-  root (``reshard_after_forward`` is off for roots): thawing those plain tensors trains nothing. Every FSDP module
-  is resharded before a thaw, so the sharded DTensors are what thaws and what joins the optimizer.
+- An FSDP root whose parameters are all frozen keeps them unsharded after a training forward (no backward reshards
+  them): thawing those plain tensors would train nothing (measured in plain torch). Lightning's validation before
+  a transition leaves them sharded, but ``FinetuningScheduler.step()`` mid-epoch would not; every FSDP module is
+  resharded before a thaw, so the sharded DTensors are what thaws and what joins the optimizer.
 - Mixed precision: a parameter group that was all frozen at the first forward has no reduce dtype, and the first
   backward after its thaw fails (``attempting to assign a gradient with dtype BFloat16 ... grad_dtype Float``,
   pytorch issue 186998). Its dtypes are recomputed after each thaw.

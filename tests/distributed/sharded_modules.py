@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.fsdp._common_utils import clean_tensor_name
 
 from tests.modules import define_module
@@ -27,14 +27,27 @@ def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 class ShardedRecorder(Recorder):
     """Recorder whose ``configure_model`` applies FSDP2 (``layout="fsdp2"``) or HSDP (``"hsdp"``: replicated across
-    ranks, one shard); under FSDP1 it leaves wrapping to the strategy. Records hold gathered, whole weights."""
+    ranks, one shard); under FSDP1 it leaves wrapping to the strategy. Records hold gathered, whole weights.
 
-    def __init__(self, *args: Any, layout: str = "fsdp1", bf16: bool = False, **kwargs: Any) -> None:
+    ``bf16``: mixed precision; ``offload``: CPU offload; ``own_roots``: each layer its own FSDP root (no wrapper
+    around them, so a frozen layer keeps its unsharded weights after forward); ``plain``: a parameter left out of
+    sharding (a plain tensor beside DTensors)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        layout: str = "fsdp1",
+        bf16: bool = False,
+        offload: bool = False,
+        own_roots: bool = False,
+        plain: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.layout, self.bf16 = layout, bf16
+        self.layout, self.bf16, self.offload, self.own_roots, self.plain = layout, bf16, offload, own_roots, plain
 
     def configure_model(self) -> None:
-        if self.layout not in ("fsdp2", "hsdp") or isinstance(self.layers, FSDPModule):
+        if self.layout not in ("fsdp2", "hsdp") or any(isinstance(m, FSDPModule) for m in self.modules()):
             return
         world = self.device_mesh.size()
         mesh = (
@@ -42,11 +55,17 @@ class ShardedRecorder(Recorder):
             if self.layout == "fsdp2"
             else init_device_mesh("cpu", (world, 1), mesh_dim_names=("replicate", "shard"))
         )
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if self.bf16 else None
-        options = {"mesh": mesh, **({"mp_policy": policy} if policy else {})}
-        for layer in self.layers:
-            fully_shard(layer, **options)
-        fully_shard(self.layers, **options)
+        options: dict[str, Any] = {"mesh": mesh}
+        if self.bf16:
+            options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if self.offload:
+            options["offload_policy"] = CPUOffloadPolicy(pin_memory=False)  # pinning needs an accelerator
+        params = dict(self.named_parameters())
+        for index, layer in enumerate(self.layers):
+            ignored = {params[self.plain]} if self.plain and self.plain.startswith(f"layers.{index}.") else None
+            fully_shard(layer, ignored_params=ignored, **options)
+        if not self.own_roots:
+            fully_shard(self.layers, **options)
 
     def on_train_epoch_start(self) -> None:
         optimizer = self.trainer.optimizers[0]

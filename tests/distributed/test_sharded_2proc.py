@@ -57,9 +57,10 @@ def test_fsdp2_restores_an_earlier_phase_with_an_lr_scheduler(tmp_path: Path, st
     assert "phase 2 of 2 begins at epoch 4: 202 trainable parameters in 8 tensors, 3 optimizer groups" in run.output
 
 
-def test_fsdp2_bf16_mixed_precision_after_thawing_modules_that_ran_frozen(tmp_path: Path) -> None:
-    """Phases 1 and 2 ran their first forward frozen; without the dtype refresh their first backward fails."""
-    run = launch(tmp_path, "--strategy", "fsdp2", "--bf16")
+def test_fsdp2_bf16_mixed_precision_and_cpu_offload_after_thawing_modules_that_ran_frozen(tmp_path: Path) -> None:
+    """Phases 1 and 2 ran their first forward frozen; without the dtype refresh their first backward fails. Every
+    layer is its own FSDP root here, and parameters are offloaded: the thaw still lands on the sharded weights."""
+    run = launch(tmp_path, "--strategy", "fsdp2", "--bf16", "--offload", "--own-roots")
     assert run.returncode == 0, run.output[-3000:]
     reference = launch(tmp_path, "--bf16", reference=True)
     assert reference.returncode == 0, reference.output[-3000:]
@@ -97,6 +98,13 @@ def test_fsdp2_replica_check_catches_a_trainable_set_that_differs(tmp_path: Path
     run = launch(tmp_path, "--strategy", "fsdp2", "--plant", "trainable")
     assert run.returncode != 0
     assert "Replicas diverged at phase 1: rank 1 trainable set differs from rank 0's: ['layers.0.weight']" in run.output
+
+
+def test_fsdp2_a_phase_mixing_sharded_and_plain_parameters_is_refused_before_training(tmp_path: Path) -> None:
+    run = launch(tmp_path, "--strategy", "fsdp2", "--plant", "mixed")
+    assert run.returncode != 0
+    assert "Phase 1 mixes sharded (DTensor) parameters and 1 plain one(s), e.g. ['layers.2.bias']" in run.output
+    assert "failed at epoch 0, phase 0" in run.output
 
 
 def test_fsdp1_units_that_span_phases_are_refused_before_training(tmp_path: Path) -> None:

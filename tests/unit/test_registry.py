@@ -63,3 +63,9 @@ def test_users_can_register_adapters() -> None:
 
     register_adapter(Custom, CustomAdapter)
     assert type(resolve_adapter(Custom())) is CustomAdapter
+
+
+def test_fsdp1_without_original_parameters_is_refused() -> None:
+    with pytest.raises(FTSConfigError, match=r"use_orig_params=False\) flattens .* Pass use_orig_params=True"):
+        FSDP1Adapter(FSDPStrategy(use_orig_params=False)).validate_strategy(None)  # type: ignore[arg-type]
+    FSDP1Adapter(fts_dist.FSDPStrategy()).validate_strategy(None)  # type: ignore[arg-type]

@@ -150,7 +150,9 @@ def build_model(args: argparse.Namespace) -> Any:
     if args.reference and args.bf16:
         return MixedPrecisionReference(world=WORLD, **common)  # what FSDP2's bf16 computes on WORLD ranks
     if args.strategy in SHARDED and not args.reference:
-        return ShardedRecorder(layout=args.strategy, bf16=args.bf16, **common)
+        plain = "layers.2.bias" if args.plant == "mixed" else None
+        layout = {"layout": args.strategy, "offload": args.offload, "own_roots": args.own_roots, "plain": plain}
+        return ShardedRecorder(bf16=args.bf16, **layout, **common)
     return Recorder(optimizer=optimizer_factory(args), **common)
 
 
@@ -164,10 +166,14 @@ def main() -> None:
     parser.add_argument("--scheduler", default="none")
     parser.add_argument("--optimizer", choices=["sgd", "zero", "oss"], default="sgd")
     parser.add_argument("--naive", action="store_true", help="thaw without the DDP adapter (expected to diverge)")
-    parser.add_argument("--plant", choices=["none", "mismatch", "raise", "unused", "trainable"], default="none")
+    parser.add_argument(
+        "--plant", choices=["none", "mismatch", "raise", "unused", "trainable", "mixed"], default="none"
+    )
     parser.add_argument("--max-epochs", type=int, default=5)
     parser.add_argument("--ddp-options", action="store_true", help="non-default DDP options that must survive")
     parser.add_argument("--bf16", action="store_true", help="FSDP2 MixedPrecisionPolicy(bf16, reduce fp32)")
+    parser.add_argument("--offload", action="store_true", help="FSDP2 CPUOffloadPolicy")
+    parser.add_argument("--own-roots", action="store_true", help="FSDP2: every layer its own root")
     parser.add_argument("--sharding", default="FULL_SHARD", help="FSDP1 sharding strategy")
     parser.add_argument("--misaligned", action="store_true", help="FSDP1: one unit for all layers")
     parser.add_argument("--kill-writing-last-at", type=int, default=None, help="SIGKILL rank 0 mid-write")
