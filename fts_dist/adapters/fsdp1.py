@@ -44,6 +44,7 @@ class FSDP1Adapter(ShardedAdapter):
                 "be uniform, so a phase cannot thaw part of a unit. Pass use_orig_params=True (Lightning's default).",
                 key="use_orig_params",
             )
+        self.warn_if_checkpoints_are_whole(self.strategy._state_dict_type == "full", "state_dict_type='full'")
 
     @override
     def schedule_parameters(self, module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:

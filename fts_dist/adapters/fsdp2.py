@@ -44,6 +44,8 @@ class FSDP2Adapter(ShardedAdapter):
     def validate_strategy(self, trainer: pl.Trainer) -> None:
         if not isinstance(self.strategy, ModelParallelStrategy):
             raise FTSConfigError(f"FSDP2Adapter serves ModelParallelStrategy, got {type(self.strategy).__name__}.")
+        whole = not self.strategy._save_distributed_checkpoint
+        self.warn_if_checkpoints_are_whole(whole, "save_distributed_checkpoint=False")
 
     @override
     def validate_schedule(self, schedule: Schedule, trainer: pl.Trainer) -> None:

@@ -96,6 +96,17 @@ class GroupSettings:
         groups = [{k: copy.deepcopy(v) for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
         return cls(groups, [copy.deepcopy(s.state_dict()) for s in schedulers])
 
+    def drift(self, optimizer: torch.optim.Optimizer) -> list[str]:
+        """Where the optimizer's groups differ from the captured settings, one entry per setting."""
+        if len(optimizer.param_groups) != len(self.groups):
+            return [f"{len(optimizer.param_groups)} groups, {len(self.groups)} captured"]
+        return [
+            f"group {index} {key}={group.get(key)!r} (expected {value!r})"
+            for index, (group, settings) in enumerate(zip(optimizer.param_groups, self.groups, strict=True))
+            for key, value in settings.items()
+            if group.get(key) != value
+        ]
+
     def reapply(self, optimizer: torch.optim.Optimizer, schedulers: Sequence[Any]) -> None:
         """Set the captured values again; the optimizer must hold the captured number of groups again."""
         if len(optimizer.param_groups) != len(self.groups):

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch.distributed.checkpoint import CheckpointException, FileSystemReader
 from typing_extensions import override
 
@@ -29,6 +30,16 @@ _OPTIMIZER_GROUPS_KEY = "optimizer_0.param_groups."  # how Lightning's sharded s
 
 class ShardedAdapter(StrategyAdapter):
     """The base of the FSDP2 and FSDP1 adapters (not registered for any strategy by itself)."""
+
+    def warn_if_checkpoints_are_whole(self, whole: bool, setting: str) -> None:
+        """A whole-model checkpoint is gathered on rank 0 at every save and read whole by every rank at every
+        transition and resume; the sharded default keeps both per rank."""
+        if whole:
+            rank_zero_warn(
+                f"fts_dist: {type(self.strategy).__name__}({setting}) writes whole-model checkpoints: each restore "
+                "at a transition reads the whole file on every rank. Keep the sharded default to read only each "
+                "rank's shards."
+            )
 
     @property
     @override

@@ -15,6 +15,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zer
 from typing_extensions import override
 
 from fts_dist.adapters import StrategyAdapter, resolve_adapter
+from fts_dist.adapters.param_groups import GroupSettings
 from fts_dist.callbacks.checkpoint import FTSCheckpoint
 from fts_dist.callbacks.dependencies import ensure_callbacks
 from fts_dist.callbacks.early_stopping import FTSEarlyStopping
@@ -164,7 +165,13 @@ class FinetuningScheduler(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return self.coordinator.state_dict() if self.coordinator else dict(self._loaded_state or {})
+        if self.coordinator is None:
+            return dict(self._loaded_state or {})
+        state = self.coordinator.state_dict()
+        trainer = self._trainer_ref
+        if trainer is not None and trainer.optimizers:  # saved beside the optimizer state: checked after a resume
+            state["optimizer_groups"] = GroupSettings.capture(trainer.optimizers[0], []).groups
+        return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -223,6 +230,20 @@ class FinetuningScheduler(Callback):
         self._resume_at_saved_depth(trainer)
         self._update_final_phase()
         self._check_unused_pending = True
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        saved = (self._loaded_state or {}).get("optimizer_groups")
+        if saved is None or trainer.ckpt_path is None:
+            return
+        expected, optimizer = GroupSettings(saved, []), trainer.optimizers[0]
+        drift = expected.drift(optimizer)
+        if drift:  # a loader that drops group hyperparameters (pytorch issue 143828 reported one)
+            expected.reapply(optimizer, [])
+            rank_zero_warn(
+                f"fts_dist: after loading '{trainer.ckpt_path}' the optimizer's group settings differed from the saved "
+                f"ones: {drift[:4]}; set them back to the saved values."
+            )
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import yaml
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -125,3 +126,43 @@ def test_explicit_schedule_file_runs_and_its_resolution_is_saved(fit, tmp_path: 
     assert depths_by_epoch(model.records) == [0, 1]
     resolved = yaml.safe_load((Path(trainer.log_dir) / "Recorder_ft_schedule_resolved.yaml").read_text())
     assert resolved[2]["params"] == ["layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias"]
+
+
+def test_group_settings_a_loader_drops_on_resume_are_set_back(fit, tmp_path_factory) -> None:
+    """The settings saved beside the optimizer state are checked after a resume: a loader that leaves a later group's
+    hyperparameters behind (as DCP's did, pytorch issue 143828) is caught and corrected, with a warning."""
+    every_epoch = tmp_path_factory.mktemp("every_epoch")
+    fit(
+        Recorder(scripted_val_loss=SCRIPT, scheduler=step_lr),
+        ft_schedule=SCHEDULE,
+        max_epochs=4,
+        extra_callbacks=[ModelCheckpoint(dirpath=every_epoch, filename="{epoch}", save_top_k=-1)],
+    )
+    saved_lrs = [
+        g["lr"]
+        for g in torch.load(every_epoch / "epoch=3.ckpt", weights_only=False)["optimizer_states"][0]["param_groups"]
+    ]
+
+    class DroppingLoader(pl.Callback):
+        """Makes the strategy's optimizer-state loader leave group 1's learning rate behind."""
+
+        def on_fit_start(self, trainer, pl_module) -> None:
+            load = trainer.strategy.load_optimizer_state_dict
+
+            def load_and_drop(checkpoint) -> None:
+                load(checkpoint)
+                trainer.optimizers[0].param_groups[1]["lr"] = 123.0
+
+            trainer.strategy.load_optimizer_state_dict = load_and_drop
+
+    with pytest.warns(
+        UserWarning, match=r"group settings differed from the saved ones: \['group 1 lr=123.0 \(expected"
+    ):
+        resumed, _, _ = fit(
+            Recorder(scripted_val_loss=SCRIPT, scheduler=step_lr),
+            ft_schedule=SCHEDULE,
+            max_epochs=5,
+            ckpt_path=str(every_epoch / "epoch=3.ckpt"),
+            extra_callbacks=[DroppingLoader()],
+        )
+    assert len(saved_lrs) == 2 and resumed.records[0]["lrs"] == [round(lr, 12) for lr in saved_lrs]
