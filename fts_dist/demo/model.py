@@ -7,7 +7,9 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.strategies import ModelParallelStrategy
 from torch import nn
+from typing_extensions import override
 
 
 def pretrained_model_path() -> str:
@@ -68,3 +70,17 @@ class TextClassifier(TextClassifierSteps, pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.build(model_path or pretrained_model_path(), num_classes, dropout)
+
+    @override
+    def configure_model(self) -> None:
+        """Under FSDP2 (``ModelParallelStrategy``): each encoder layer, the embeddings and the head become FSDP units,
+        so every phase of the demo's schedule thaws whole units; the encoder is their root."""
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        if not isinstance(self.trainer.strategy, ModelParallelStrategy) or isinstance(self.backbone, FSDPModule):
+            return
+        assert self.device_mesh is not None  # set by ModelParallelStrategy before configure_model
+        mesh = self.device_mesh["data_parallel"]
+        for block in [*self.backbone.encoder.layer, self.backbone.embeddings, self.head]:
+            fully_shard(block, mesh=mesh)
+        fully_shard(self.backbone, mesh=mesh)

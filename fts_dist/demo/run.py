@@ -18,12 +18,15 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.strategies import ModelParallelStrategy
 
 from fts_dist.callbacks import FinetuningScheduler, FTSCheckpoint, FTSEarlyStopping
 from fts_dist.demo.progress import FTSProgressBar, PhaseSummary
 from fts_dist.runtime.elastic import init_process_group_for_attempt
+from fts_dist.strategies import FSDPStrategy
 
 _MODES = ("schedule", "head-only", "full")
+STRATEGIES = ("auto", "ddp", "fsdp2", "fsdp1")
 _DEFAULT_ROOT_DIR = "fts_dist_demo_logs"
 
 
@@ -43,6 +46,7 @@ class DemoConfig:
     patience: int = 1
     time_budget_s: float | None = None
     seed: int = 0
+    strategy: str = "auto"  # "auto" (DDP on several processes), "ddp", "fsdp2" or "fsdp1"
     root_dir: str | None = None
     progress_bar: bool = True
     extra_callbacks: list[Any] = field(default_factory=list)
@@ -103,7 +107,7 @@ def _build_trainer(config: DemoConfig, root: Path) -> tuple[pl.Trainer, PhaseSum
         accelerator="auto",
         devices=devices,
         num_nodes=num_nodes,
-        strategy="ddp" if devices * num_nodes > 1 else "auto",
+        strategy=_strategy(config.strategy, devices * num_nodes),
         max_epochs=config.max_epochs,
         max_time=budget,
         callbacks=callbacks,
@@ -116,6 +120,21 @@ def _build_trainer(config: DemoConfig, root: Path) -> tuple[pl.Trainer, PhaseSum
         deterministic=True,
     )
     return trainer, summary
+
+
+def _strategy(name: str, processes: int) -> Any:
+    """The Lightning strategy for the demo's ``--strategy``; the module shards itself under FSDP2."""
+    if name == "fsdp2":
+        return ModelParallelStrategy(data_parallel_size=processes, tensor_parallel_size=1)
+    if name == "fsdp1":
+        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+        from transformers.models.bert.modeling_bert import BertEmbeddings, BertLayer
+
+        # one unit per phase-aligned block: the head, each encoder layer, the embeddings (the root keeps nothing)
+        return FSDPStrategy(auto_wrap_policy=ModuleWrapPolicy({BertLayer, BertEmbeddings, torch.nn.Linear}))
+    if name not in ("auto", "ddp"):
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
+    return "ddp" if name == "ddp" or processes > 1 else "auto"
 
 
 def run_demo(config: DemoConfig) -> DemoResult:
