@@ -35,10 +35,14 @@ class Run:
         return torch.load(self.out_dir / "rank0-reference.pt", weights_only=False)
 
 
-def launch(out_dir: Path, *args: str, launcher: str = "torchrun", reference: bool = False) -> Run:
-    """Run the worker (2 ranks, or 1 for the reference) and return its exit status, output and results."""
+def launch(
+    out_dir: Path, *args: str, launcher: str = "torchrun", reference: bool = False, world: int = 2, gpu: bool = False
+) -> Run:
+    """Run the worker (``world`` ranks, or 1 for the reference) and return its exit status, output and results;
+    ``gpu`` runs it on CUDA devices."""
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    env |= {"FTS_TEST_WORLD": str(world), "FTS_TEST_ACCELERATOR": "gpu" if gpu else "cpu"}
     worker_args = [str(WORKER), "--out", str(out_dir), "--launcher", launcher, *args]
     if reference:
         command = [sys.executable, *worker_args, "--reference"]
@@ -48,7 +52,7 @@ def launch(out_dir: Path, *args: str, launcher: str = "torchrun", reference: boo
             "-m",
             "torch.distributed.run",
             "--nproc_per_node",
-            "2",
+            str(world),
             "--master_addr",
             "127.0.0.1",
             "--master_port",

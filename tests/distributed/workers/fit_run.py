@@ -30,7 +30,9 @@ from tests.modules import SCHEDULE
 from tests.worker_exit import finish_worker
 
 SHARDED = ("fsdp2", "hsdp", "fsdp1")
-BATCH, STEPS, WORLD = 4, 3, 2
+BATCH, STEPS = 4, 3
+WORLD = int(os.environ.get("FTS_TEST_WORLD", "2"))  # 1 for the single-GPU checks
+ACCELERATOR = os.environ.get("FTS_TEST_ACCELERATOR", "cpu")
 EPOCH_SCHEDULE = {d: {**p, "max_transition_epoch": e} for (d, p), e in zip(SCHEDULE.items(), (1, 3, 3), strict=True)}
 SCRIPTS = {
     "early-stopping": [1.0, 0.5, 0.9, 0.4, 0.45, 0.3, 0.2],  # phase 1 from epoch 3, phase 2 from epoch 5
@@ -217,7 +219,7 @@ def main() -> None:
         train = DataLoader(data, batch_size=BATCH, sampler=DistributedSampler(data, WORLD, rank, shuffle=False))
         devices = WORLD
     trainer = pl.Trainer(
-        accelerator="cpu",
+        accelerator=ACCELERATOR,
         devices=devices,
         num_nodes=1,
         strategy=build_strategy(args),
@@ -234,6 +236,8 @@ def main() -> None:
     result = {"records": model.records, "final": {k: v.clone() for k, v in final.items()}}
     result["ddp"] = getattr(model, "ddp_wrapper", None)
     result["optimizer"] = type(trainer.optimizers[0]).__name__
+    if ACCELERATOR != "cpu":
+        result["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
     torch.save(result, out / f"rank{trainer.global_rank}{'-reference' if args.reference else ''}.pt")
     finish_worker()
 
