@@ -18,10 +18,15 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import overhead_and_peers, phase_costs, time_to_accuracy
+from benchmarks import overhead_and_peers, phase_costs, sharded_costs, time_to_accuracy
 from benchmarks.common import Section
 
-SECTIONS = {"overhead": overhead_and_peers, "phases": phase_costs, "accuracy": time_to_accuracy}
+SECTIONS = {
+    "overhead": overhead_and_peers,
+    "phases": phase_costs,
+    "accuracy": time_to_accuracy,
+    "sharded": sharded_costs,
+}
 PREFACE = (
     "Written by `python -m benchmarks.run --markdown BENCHMARKS.md` (after `pip install -e '.[bench]'`); "
     "`--quick` runs a smaller version in a few minutes. Every figure is measured in the same session as its "

@@ -85,7 +85,7 @@ class FSDP1Adapter(ShardedAdapter):
         """Each unit's local flat shard, compared only between ranks at the same position of its shard group
         (``HYBRID_SHARD`` replicas; none under ``FULL_SHARD``)."""
         live = self.schedule_parameters(module)
-        tensors: dict[str, tuple[ShardKey, tuple[float, float]]] = {}
+        tensors: dict[str, tuple[ShardKey, int]] = {}
         for unit_name, unit in _named_units(self._root()):
             flat = unit._handle.flat_param  # type: ignore[union-attr]
             local = getattr(flat, "_local_shard", flat.data)

@@ -20,6 +20,8 @@ shards only between ranks that hold the same shard (along replicate dimensions).
 
 from __future__ import annotations
 
+import importlib
+
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.strategies import ModelParallelStrategy
@@ -46,6 +48,9 @@ class FSDP2Adapter(ShardedAdapter):
             raise FTSConfigError(f"FSDP2Adapter serves ModelParallelStrategy, got {type(self.strategy).__name__}.")
         whole = not self.strategy._save_distributed_checkpoint
         self.warn_if_checkpoints_are_whole(whole, "save_distributed_checkpoint=False")
+        # Lightning's sharded loader imports this deprecated alias on first use (0.1-0.8 s here): pay it at setup,
+        # not inside the first transition
+        importlib.import_module("torch.distributed._tensor")
 
     @override
     def validate_schedule(self, schedule: Schedule, trainer: pl.Trainer) -> None:

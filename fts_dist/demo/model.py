@@ -60,6 +60,17 @@ class TextClassifierSteps:
         return torch.optim.AdamW(trainable, lr=self.hparams["lr"], weight_decay=0.01)
 
 
+def _even_shard(ranks: int) -> Any:
+    """FSDP2 placement: shard each parameter along its first dimension that ``ranks`` divides, so every rank holds
+    the same bytes (the head's 5 rows would split 3 and 2; its 384 columns split evenly)."""
+    from torch.distributed.tensor import Shard
+
+    def placement(param: nn.Parameter) -> Shard | None:
+        return next((Shard(dim) for dim in range(param.ndim) if param.shape[dim] % ranks == 0), None)
+
+    return placement
+
+
 class TextClassifier(TextClassifierSteps, pl.LightningModule):
     """``backbone`` is the pretrained encoder (its pooler is left out, since mean pooling never uses it);
     ``head`` maps the mean of the token embeddings to class logits. Logs ``val_loss`` and ``val_acc``."""
@@ -82,5 +93,5 @@ class TextClassifier(TextClassifierSteps, pl.LightningModule):
         assert self.device_mesh is not None  # set by ModelParallelStrategy before configure_model
         mesh = self.device_mesh["data_parallel"]
         for block in [*self.backbone.encoder.layer, self.backbone.embeddings, self.head]:
-            fully_shard(block, mesh=mesh)
+            fully_shard(block, mesh=mesh, shard_placement_fn=_even_shard(mesh.size()))
         fully_shard(self.backbone, mesh=mesh)

@@ -13,6 +13,8 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.fsdp._common_utils import clean_tensor_name
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 from tests.modules import define_module
 
@@ -26,8 +28,9 @@ def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 class ShardedRecorder(Recorder):
-    """Recorder whose ``configure_model`` applies FSDP2 (``layout="fsdp2"``) or HSDP (``"hsdp"``: replicated across
-    ranks, one shard); under FSDP1 it leaves wrapping to the strategy. Records hold gathered, whole weights.
+    """Recorder whose ``configure_model`` applies FSDP2 (``layout="fsdp2"``), HSDP (``"hsdp"``: replicated across
+    ranks, one shard) or tensor parallelism (``"tp"``); under FSDP1 it leaves wrapping to the strategy. Records hold
+    gathered, whole weights.
 
     ``bf16``: mixed precision; ``offload``: CPU offload; ``own_roots``: each layer its own FSDP root (no wrapper
     around them, so a frozen layer keeps its unsharded weights after forward); ``plain``: a parameter left out of
@@ -47,6 +50,9 @@ class ShardedRecorder(Recorder):
         self.layout, self.bf16, self.offload, self.own_roots, self.plain = layout, bf16, offload, own_roots, plain
 
     def configure_model(self) -> None:
+        if self.layout == "tp":
+            self._parallelize_tensors()
+            return
         if self.layout not in ("fsdp2", "hsdp") or any(isinstance(m, FSDPModule) for m in self.modules()):
             return
         world = self.device_mesh.size()
@@ -66,6 +72,14 @@ class ShardedRecorder(Recorder):
             fully_shard(layer, ignored_params=ignored, **options)
         if not self.own_roots:
             fully_shard(self.layers, **options)
+
+    def _parallelize_tensors(self) -> None:
+        """Megatron-style tensor parallelism over all ranks: layers 0 and 2 split their outputs, 1 and 3 their
+        inputs, so 1's and 3's biases stay whole (replicated) on every rank."""
+        if isinstance(self.layers[0].weight, DTensor):
+            return
+        plan = {"0": ColwiseParallel(), "1": RowwiseParallel(), "2": ColwiseParallel(), "3": RowwiseParallel()}
+        parallelize_module(self.layers, self.device_mesh["tensor_parallel"], plan)
 
     def on_train_epoch_start(self) -> None:
         optimizer = self.trainer.optimizers[0]

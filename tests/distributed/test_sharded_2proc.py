@@ -57,6 +57,14 @@ def test_fsdp2_restores_an_earlier_phase_with_an_lr_scheduler(tmp_path: Path, st
     assert "phase 2 of 2 begins at epoch 4: 202 trainable parameters in 8 tensors, 3 optimizer groups" in run.output
 
 
+def test_tensor_parallel_thaws_sharded_and_replicated_parameters(tmp_path: Path, stale_reference: Run) -> None:
+    """ModelParallelStrategy with the module's own tensor-parallel plan (both ranks split every layer and see the
+    whole global batch): the same run as one process."""
+    run = launch(tmp_path, "--strategy", "tp", *STALE)
+    assert run.returncode == 0, run.output[-3000:]
+    assert_matches(run, stale_reference.reference(), STALE_DEPTHS)
+
+
 def test_fsdp2_bf16_mixed_precision_and_cpu_offload_after_thawing_modules_that_ran_frozen(tmp_path: Path) -> None:
     """Phases 1 and 2 ran their first forward frozen; without the dtype refresh their first backward fails. Every
     layer is its own FSDP root here, and parameters are offloaded: the thaw still lands on the sharded weights."""

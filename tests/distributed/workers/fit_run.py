@@ -29,7 +29,7 @@ from tests.distributed.sharded_modules import MixedPrecisionReference, Recorder,
 from tests.modules import SCHEDULE
 from tests.worker_exit import finish_worker
 
-SHARDED = ("fsdp2", "hsdp", "fsdp1")
+SHARDED = ("fsdp2", "hsdp", "tp", "fsdp1")
 BATCH, STEPS = 4, 3
 WORLD = int(os.environ.get("FTS_TEST_WORLD", "2"))  # 1 for the single-GPU checks
 ACCELERATOR = os.environ.get("FTS_TEST_ACCELERATOR", "cpu")
@@ -139,6 +139,8 @@ def build_strategy(args: argparse.Namespace) -> Any:
         return "auto"
     if args.strategy in ("fsdp2", "hsdp"):
         return ModelParallelStrategy(data_parallel_size=WORLD, tensor_parallel_size=1)
+    if args.strategy == "tp":
+        return ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=WORLD)
     if args.strategy == "fsdp1":
         policy = {torch.nn.Sequential} if args.misaligned else {torch.nn.Linear}
         sharding = ShardingStrategy[args.sharding]
@@ -211,9 +213,9 @@ def main() -> None:
     if args.kill_writing_last_at is not None:
         callbacks.append(KillDuringCheckpointWrite(args.kill_writing_last_at))
     data = dataset()
-    if args.reference:
+    if args.reference or args.strategy == "tp":  # tensor-parallel ranks all see the whole global batch
         train = DataLoader(global_batches(data), batch_size=BATCH * WORLD)
-        devices = 1
+        devices = 1 if args.reference else WORLD
     else:
         rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
         train = DataLoader(data, batch_size=BATCH, sampler=DistributedSampler(data, WORLD, rank, shuffle=False))
