@@ -104,7 +104,7 @@ def restore_table(runs: dict[str, list[list[dict[str, Any]]]]) -> str:
         + "\n\nEach transition restores the best checkpoint (the previous phase's). Read MB: every byte the rank "
         "read during the restore (`/proc/self/io` rchar, so metadata and the whole-file reads of DDP count too). Shard "
         "load: the time `torch.distributed.checkpoint` spent loading this rank's shards inside the transition "
-        "(Lightning's loader: model, then optimizer state). Plain file read: the rank's own shard file (DDP: the "
+        "(weights and optimizer state in one load, into the live shards). Plain file read: the rank's own shard file (DDP: the "
         "whole checkpoint) read whole with a plain read, from the page cache, a lower bound no loader reaches. "
         "Timings are medians over the repeats."
     )

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import lightning_fabric.strategies.model_parallel as lightning_model_parallel
 import pytorch_lightning as pl
 import torch
+import torch.distributed.checkpoint
 from pytorch_lightning.strategies import DDPStrategy, ModelParallelStrategy
 from torch.distributed.tensor import DTensor
 
@@ -76,7 +76,7 @@ def measure_restores(adapter: StrategyAdapter, transitions: dict[int, dict[str, 
     """Time and count the bytes of every checkpoint restore a transition makes on this rank, and the time
     ``torch.distributed.checkpoint`` spends reading shards within it."""
     load, dcp_seconds = adapter.load_checkpoint_state, [0.0]
-    dcp_load = lightning_model_parallel._distributed_checkpoint_load
+    dcp_load = torch.distributed.checkpoint.load
 
     def timed_dcp_load(*args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
@@ -85,7 +85,7 @@ def measure_restores(adapter: StrategyAdapter, transitions: dict[int, dict[str, 
         finally:
             dcp_seconds[0] += time.perf_counter() - started
 
-    lightning_model_parallel._distributed_checkpoint_load = timed_dcp_load
+    torch.distributed.checkpoint.load = timed_dcp_load
 
     def measured(path: str, groups: int, trainer: pl.Trainer) -> None:
         read_before, started, dcp_seconds[0] = bytes_read(), time.perf_counter(), 0.0

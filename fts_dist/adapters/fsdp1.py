@@ -87,6 +87,8 @@ class FSDP1Adapter(ShardedAdapter):
         live = self.schedule_parameters(module)
         tensors: dict[str, tuple[ShardKey, int]] = {}
         for unit_name, unit in _named_units(self._root()):
+            if dist.get_world_size(unit.process_group) == dist.get_world_size():
+                continue  # sharded over every rank: no other rank holds this shard
             flat = unit._handle.flat_param  # type: ignore[union-attr]
             local = getattr(flat, "_local_shard", flat.data)
             tensors[f"{unit_name or '<root>'}.flat_param"] = ((dist.get_rank(unit.process_group),), checksum(local))

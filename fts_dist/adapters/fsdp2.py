@@ -21,15 +21,24 @@ shards only between ranks that hold the same shard (along replicate dimensions).
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed.checkpoint as dcp
 from pytorch_lightning.strategies import ModelParallelStrategy
+from torch.distributed.checkpoint import CheckpointException
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 from typing_extensions import override
 
-from fts_dist.adapters.sharded import ShardedAdapter
+from fts_dist.adapters.param_groups import lr_schedulers, truncate_param_groups
+from fts_dist.adapters.sharded import ShardedAdapter, check_saved_group_count
 from fts_dist.errors import FTSConfigError
 from fts_dist.schedule import Schedule
 
@@ -69,6 +78,24 @@ class FSDP2Adapter(ShardedAdapter):
                     phase=depth,
                     key="params",
                 )
+
+    @override
+    def load_checkpoint_state(self, path: str, groups: int, trainer: pl.Trainer) -> None:
+        """A sharded checkpoint loads in one pass into the live shards: the model's DTensors are the load's
+        targets, and the optimizer state joins the same read (Lightning's loader reads model and optimizer in two
+        passes, each with its own planning round, then copies the weights once more)."""
+        if not Path(path).is_dir():
+            super().load_checkpoint_state(path, groups, trainer)  # a whole-model file: Lightning's loader
+            return
+        check_saved_group_count(Path(path), groups)
+        optimizer, model = trainer.optimizers[0], trainer.lightning_module
+        truncate_param_groups(optimizer, groups, lr_schedulers(trainer))
+        weights, optimizer_state = get_model_state_dict(model), get_optimizer_state_dict(model, optimizer)
+        try:  # the keys Lightning's ModelParallelStrategy saves under
+            dcp.load({"state_dict": weights, "optimizer_0": optimizer_state}, checkpoint_id=path)
+        except CheckpointException as err:  # a BaseException: make it an ordinary error the transition reports
+            raise RuntimeError(str(err)) from err
+        set_optimizer_state_dict(model, optimizer, optim_state_dict=optimizer_state)
 
     @override
     def thaw(self, module: torch.nn.Module, trainable: object) -> None:

@@ -67,14 +67,19 @@ class ShardedAdapter(StrategyAdapter):
 
     @override
     def load_checkpoint_state(self, path: str, groups: int, trainer: pl.Trainer) -> None:
-        saved_groups = _saved_group_count(Path(path))
-        if saved_groups != groups:
-            raise ValueError(f"it holds {saved_groups} optimizer group(s) where this schedule expects {groups}")
+        check_saved_group_count(Path(path), groups)
         truncate_param_groups(trainer.optimizers[0], groups, lr_schedulers(trainer))
         try:
             self._load_strategy_checkpoint(path)  # weights and optimizer state in place, each rank its own shards
         except CheckpointException as err:  # a BaseException: make it an ordinary error the transition reports
             raise RuntimeError(str(err)) from err
+
+
+def check_saved_group_count(path: Path, groups: int) -> None:
+    """Raise before anything changes when the checkpoint at ``path`` does not hold ``groups`` optimizer groups."""
+    saved_groups = _saved_group_count(path)
+    if saved_groups != groups:
+        raise ValueError(f"it holds {saved_groups} optimizer group(s) where this schedule expects {groups}")
 
 
 def _saved_group_count(path: Path) -> int:
