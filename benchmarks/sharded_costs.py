@@ -100,11 +100,11 @@ def restore_table(runs: dict[str, list[list[dict[str, Any]]]]) -> str:
         "transition s", "shard load s", "ratio", "plain file read s", "ratio",
     ]  # fmt: skip
     return (
-        markdown_table(header, rows)
-        + "\n\nEach transition restores the best checkpoint (the previous phase's). Read MB: every byte the rank "
-        "read during the restore (`/proc/self/io` rchar, so metadata and the whole-file reads of DDP count too). Shard "
-        "load: the time `torch.distributed.checkpoint` spent loading this rank's shards inside the transition "
-        "(weights and optimizer state in one load, into the live shards). Plain file read: the rank's own shard file (DDP: the "
-        "whole checkpoint) read whole with a plain read, from the page cache, a lower bound no loader reaches. "
-        "Timings are medians over the repeats."
+        markdown_table(header, rows) + "\n\n"
+        "Each transition restores the best checkpoint (the previous phase's). Read MB: every byte the rank "
+        "read during the restore (`/proc/self/io` rchar, so metadata and the whole-file reads of DDP count "
+        "too). Shard load: the time `torch.distributed.checkpoint` spent loading this rank's shards inside "
+        "the transition (weights and optimizer state in one load, into the live shards). Plain file read: the"
+        " rank's own shard file (DDP: the whole checkpoint) read whole with a plain read, from the page "
+        "cache, a lower bound no loader reaches. Timings are medians over the repeats."
     )
