@@ -73,6 +73,14 @@ class PhaseMeter(pl.Callback):
         self.best_by_epoch.append(self.best_of())
 
 
+def demo_model_and_data(train_per_class: int) -> tuple[TextClassifier, BBCNewsDataModule]:
+    """The demo's model and a small slice of its data (8 validation articles a class, 48 tokens), seeded."""
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    pl.seed_everything(0, verbose=False)
+    path = pretrained_model_path()
+    return TextClassifier(path, num_classes=len(TOPICS)), BBCNewsDataModule(path, train_per_class, 8, 48, 16)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--variant", choices=["fts_dist", "plain"], required=True)
@@ -81,11 +89,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     out = Path(args.out)
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    pl.seed_everything(0, verbose=False)
-    path = pretrained_model_path()
-    model = TextClassifier(path, num_classes=len(TOPICS))
-    data = BBCNewsDataModule(path, args.train_per_class, 8, 48, 16)
+    model, data = demo_model_and_data(args.train_per_class)
     callbacks: list[Any] = []
     scheduler = None
     if args.variant == "fts_dist":

@@ -1,6 +1,6 @@
 """Per-phase, per-rank memory and transition costs of the demo model under FSDP2 or DDP on 2 processes.
 
-Runs the demo's 3-phase schedule, one epoch per phase, with AdamW. Records on every rank, per phase: bytes of
+Runs the 3-phase schedule of section (d), one epoch per phase, with AdamW. Records on every rank, per phase: bytes of
 parameters, gradients and optimizer state this rank holds (DTensor shards count their local part), the trainable
 parameter count; per transition: its wall time, the time and bytes of the restore inside it (``/proc/self/io``
 ``rchar``, every byte this process read), the size of the checkpoint it restored, the time
@@ -23,20 +23,9 @@ import torch.distributed.checkpoint
 from pytorch_lightning.strategies import DDPStrategy, ModelParallelStrategy
 from torch.distributed.tensor import DTensor
 
+from benchmarks.workers.demo_phases import SCHEDULE, demo_model_and_data
 from fts_dist import FinetuningScheduler, FTSCheckpoint
 from fts_dist.adapters import StrategyAdapter
-from fts_dist.demo.data import TOPICS, BBCNewsDataModule
-from fts_dist.demo.model import TextClassifier, pretrained_model_path
-
-SCHEDULE: dict[int, dict[str, Any]] = {
-    0: {"params": ["head.weight", "head.bias"], "max_transition_epoch": 1},
-    1: {"params": [r"backbone\.encoder\.layer\.[45]\..*"], "lr": 5e-5, "max_transition_epoch": 2},
-    2: {
-        "params": [r"backbone\.encoder\.layer\.[0-3]\..*", r"backbone\.embeddings\..*"],
-        "lr": 1e-5,
-        "max_transition_epoch": 3,
-    },
-}
 
 
 def local_bytes(tensor: torch.Tensor) -> int:
@@ -118,11 +107,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     out = Path(args.out)
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    pl.seed_everything(0, verbose=False)
-    path = pretrained_model_path()
-    model = TextClassifier(path, num_classes=len(TOPICS))
-    data = BBCNewsDataModule(path, args.train_per_class, 8, 48, 16)
+    model, data = demo_model_and_data(args.train_per_class)
     world = int(os.environ["WORLD_SIZE"])
     scheduler = FinetuningScheduler(ft_schedule=SCHEDULE, epoch_transitions_only=True)
     meter = RankMeter(scheduler)
