@@ -60,6 +60,7 @@ def atomic_torch_save(obj: Any, target: str | os.PathLike[str]) -> None:
 
 
 _STAGING_MARK = ".fts-staging"
+_RETIRED_MARK = ".fts-retired"
 _RENAME_EXCHANGE = 2  # renameat2(2) flag: swap two paths atomically (Linux >= 3.15)
 _AT_FDCWD = -100
 
@@ -70,20 +71,64 @@ def staging_path(target: Path) -> Path:
 
 
 def publish(staging: Path, target: Path) -> None:
-    """Put the finished ``staging`` file or directory at ``target`` atomically, then drop what ``target`` held."""
-    if not staging.is_dir() or not target.exists():
-        if target.is_dir():
-            shutil.rmtree(target)  # a directory replaced by a file (the strategy's state-dict type changed)
+    """Put the finished ``staging`` file or directory at ``target`` atomically, then drop what ``target`` held.
+
+    Where the filesystem cannot exchange two paths atomically (``renameat2`` is Linux-only, and NFS refuses it), the
+    old checkpoint moves aside to a hidden ``.NAME.fts-retired`` first; a crash between the two renames leaves it
+    there, and :func:`tidy_checkpoint_directory` moves it back.
+    """
+    _fsync_tree(staging)
+    if not target.exists() and not target.is_symlink():
         os.replace(staging, target)
-    elif _exchange(staging, target):
-        shutil.rmtree(staging)  # now the old checkpoint
-    else:  # no renameat2 (not Linux): a crash between the renames leaves the old checkpoint under a hidden name
-        retired = target.with_name(f".{target.name}.fts-retired")
-        shutil.rmtree(retired, ignore_errors=True)
+    elif staging.is_dir() and _exchange(staging, target):
+        remove_path(staging)  # now the old checkpoint
+    elif not staging.is_dir() and not target.is_dir():
+        os.replace(staging, target)
+    else:
+        retired = _retired_path(target)
+        remove_path(retired)
         os.replace(target, retired)
         os.replace(staging, target)
-        shutil.rmtree(retired)
+        remove_path(retired)
     _fsync_directory(target.parent)
+
+
+def tidy_checkpoint_directory(directory: Path) -> None:
+    """Remove what killed writers left in ``directory`` (staging copies) and put back a checkpoint a crash left
+    moved aside (``.NAME.fts-retired`` when ``NAME`` is missing)."""
+    for staging in directory.glob(f".*{_STAGING_MARK}"):
+        remove_path(staging)
+    for retired in directory.glob(f".*{_RETIRED_MARK}"):
+        original = retired.with_name(retired.name[1 : -len(_RETIRED_MARK)])
+        if original.exists():
+            remove_path(retired)
+        else:
+            os.replace(retired, original)
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file, link or directory tree if it exists."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _retired_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}{_RETIRED_MARK}")
+
+
+def _fsync_tree(path: Path) -> None:
+    """Flush ``path`` (a file, or a directory's files and the directory itself) to stable storage."""
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    for file in files:
+        handle = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+    if path.is_dir():
+        _fsync_directory(path)
 
 
 def _exchange(first: Path, second: Path) -> bool:

@@ -17,3 +17,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def adapter_registry():
+    """The adapter registry, put back as it was after the test (tests register strategies of their own)."""
+    from fts_dist.adapters import registry
+
+    saved = dict(registry._ADAPTERS)
+    yield registry
+    registry._ADAPTERS.clear()
+    registry._ADAPTERS.update(saved)

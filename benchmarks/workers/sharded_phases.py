@@ -76,9 +76,9 @@ def measure_restores(adapter: StrategyAdapter, transitions: dict[int, dict[str, 
 
     torch.distributed.checkpoint.load = timed_dcp_load
 
-    def measured(path: str, groups: int, trainer: pl.Trainer) -> None:
+    def measured(path: str, phases: Any, trainer: pl.Trainer) -> None:
         read_before, started, dcp_seconds[0] = bytes_read(), time.perf_counter(), 0.0
-        load(path, groups, trainer)
+        load(path, phases, trainer)
         size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) or Path(path).stat().st_size
         transitions[len(transitions) + 1] = {
             "restore_s": time.perf_counter() - started,

@@ -17,6 +17,7 @@ from typing_extensions import override
 
 from fts_dist.adapters.param_groups import (
     GroupSettings,
+    PhaseGroup,
     add_param_group,
     check_lr_scheduler_supported,
     lr_schedulers,
@@ -24,6 +25,7 @@ from fts_dist.adapters.param_groups import (
     truncate_param_groups,
 )
 from fts_dist.adapters.replicas import ReplicaView, replica_problems, replica_view
+from fts_dist.adapters.strategy_hooks import lightning_method, wrap_lightning_method
 from fts_dist.checkpoint_io import install_atomic_checkpoint_io
 from fts_dist.coordinator import Comm, LocalComm, PhasePlan
 from fts_dist.errors import FTSConfigError
@@ -45,14 +47,18 @@ class StrategyAdapter:
     for every family: restore a checkpoint, thaw, extend the optimizer, check the replicas, re-register the
     trainable set. Each step is a seam an adapter overrides:
 
-    - :meth:`schedule_parameters`: the parameter names a schedule resolves against, and the live parameters;
-    - :meth:`validate_strategy`, :meth:`validate_schedule`: refuse what cannot work, before step 0;
     - :meth:`load_checkpoint_state`: model and optimizer state from a file, a sharded directory, an engine;
     - :meth:`thaw`: make exactly a set of parameters trainable;
-    - :meth:`extend_optimizer`: add one phase's group;
+    - :meth:`extend_optimizer`: add phases' groups;
     - :meth:`replica_view`: what this rank holds that its peers must agree with;
-    - :meth:`on_trainable_changed`: re-register the trainable set with a wrapper or engine;
-    - :attr:`comm`: the collectives.
+    - :meth:`on_trainable_changed`: re-register the trainable set with a wrapper or engine.
+
+    Around a transition, an adapter may also override: :attr:`comm` (collectives), :meth:`schedule_parameters` (the
+    names a schedule resolves against, and the live parameters), :meth:`validate_strategy` and
+    :meth:`validate_schedule` (refuse what cannot work, before step 0), :meth:`setup_optimizer`,
+    :meth:`prepare_checkpointing` and :meth:`checkpoint_metadata` (checkpoint formats),
+    :meth:`keep_frozen_through_model_setup`, :meth:`parameters_without_gradient` and
+    :meth:`unused_parameters_are_fatal`.
 
     Args:
         strategy: the trainer's strategy.
@@ -71,7 +77,7 @@ class StrategyAdapter:
     def __init__(self, strategy: pl.strategies.Strategy) -> None:
         self.strategy = strategy
         self._phase0_groups: int | None = None
-        self._load_strategy_checkpoint = strategy.load_checkpoint  # Lightning's own, never intercepted
+        self._load_strategy_checkpoint = lightning_method(strategy, "load_checkpoint")  # never intercepted
 
     # -- seams -------------------------------------------------------------------------------------------------
     @property
@@ -100,14 +106,16 @@ class StrategyAdapter:
         install_atomic_checkpoint_io(self.strategy)
         if not self.strategy.restore_checkpoint_after_setup:
             return
-        load = self._load_strategy_checkpoint
 
-        def load_checkpoint(checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
-            if trainer.state.fn == "fit":
-                before_resume_load(self.checkpoint_metadata(str(self.strategy.broadcast(checkpoint_path))))
-            return load(checkpoint_path, *args, **kwargs)
+        def intercept(load: Callable[..., Any]) -> Callable[..., Any]:
+            def load_checkpoint(checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
+                if trainer.state.fn == "fit":
+                    before_resume_load(self.checkpoint_metadata(str(self.strategy.broadcast(checkpoint_path))))
+                return load(checkpoint_path, *args, **kwargs)
 
-        self.strategy.load_checkpoint = load_checkpoint  # type: ignore[method-assign]
+            return load_checkpoint
+
+        wrap_lightning_method(self.strategy, "load_checkpoint", intercept)
 
     def keep_frozen_through_model_setup(self, trainer: pl.Trainer, phase0_params: Sequence[str]) -> None:
         """Freeze everything but phase 0 again right before the strategy builds the optimizer.
@@ -116,13 +124,15 @@ class StrategyAdapter:
         ``parallelize_module`` re-enabled it on frozen parameters before torch PR 171709); ``configure_optimizers``
         must still see phase 0 alone.
         """
-        setup_optimizers = self.strategy.setup_optimizers
 
-        def setup_optimizers_frozen(trainer_: pl.Trainer) -> None:
-            self.thaw(trainer_.lightning_module, phase0_params)
-            setup_optimizers(trainer_)
+        def refreeze(setup_optimizers: Callable[..., Any]) -> Callable[..., Any]:
+            def setup_optimizers_frozen(trainer_: pl.Trainer) -> None:
+                self.thaw(trainer_.lightning_module, phase0_params)
+                setup_optimizers(trainer_)
 
-        self.strategy.setup_optimizers = setup_optimizers_frozen  # type: ignore[method-assign,assignment]
+            return setup_optimizers_frozen
+
+        wrap_lightning_method(self.strategy, "setup_optimizers", refreeze)
 
     def checkpoint_metadata(self, path: str) -> dict[str, Any]:
         """Everything a checkpoint holds besides weights and optimizer state (loops, callbacks, schedulers)."""
@@ -139,9 +149,11 @@ class StrategyAdapter:
         """Whether a thawed parameter that gets no gradient breaks training under this strategy (not just idles)."""
         return False
 
-    def load_checkpoint_state(self, path: str, groups: int, trainer: pl.Trainer) -> None:
-        """Load the weights and optimizer state saved at ``path``, which hold ``groups`` optimizer groups, leaving
-        the optimizer with exactly those groups. Raise before changing anything when the file cannot be used."""
+    def load_checkpoint_state(self, path: str, phases: Sequence[Sequence[str]], trainer: pl.Trainer) -> None:
+        """Load the weights and optimizer state saved at ``path``, leaving the optimizer with exactly the groups it
+        saved: phase 0's and one for each later phase in ``phases`` (each phase's parameter names, from phase 0 to
+        the checkpoint's depth). Raise before changing anything when the checkpoint cannot be used."""
+        groups = self.group_count(len(phases) - 1)
         checkpoint = self._load_strategy_checkpoint(path)
         saved_groups = len(checkpoint["optimizer_states"][0]["param_groups"])
         if saved_groups != groups:
@@ -156,11 +168,10 @@ class StrategyAdapter:
         for name, param in self.schedule_parameters(module).items():
             param.requires_grad_(name in keep)
 
-    def extend_optimizer(
-        self, optimizer: torch.optim.Optimizer, params: Sequence[torch.nn.Parameter], lr: float, schedulers: list[Any]
-    ) -> None:
-        """Give one phase's parameters a new optimizer group at ``lr`` and extend the LR schedulers by one group."""
-        add_param_group(optimizer, params, lr, schedulers)
+    def extend_optimizer(self, trainer: pl.Trainer, groups: Sequence[PhaseGroup]) -> None:
+        """Give each phase in ``groups`` a new optimizer group, in order, and extend the LR schedulers with it."""
+        for group in groups:
+            add_param_group(trainer.optimizers[0], group, lr_schedulers(trainer))
 
     def replica_view(self, module: torch.nn.Module) -> ReplicaView:
         """This rank's trainable set and what it holds that its peers must agree with."""
@@ -215,39 +226,50 @@ class StrategyAdapter:
 
         Groups restored with the checkpoint keep the checkpoint's optimizer state; every group of an earlier phase
         keeps the settings it had before the transition (restoring weights rewinds neither the LR schedule nor any
-        hyperparameter); each new phase's group starts at its scheduled learning rate with fresh state.
+        hyperparameter); each new phase's group starts at its scheduled learning rate with fresh state. Seams may
+        replace the optimizer (an engine rebuilds its own), so it is looked up again after each.
         """
-        module = trainer.lightning_module
-        optimizer = trainer.optimizers[0]
-        schedulers = lr_schedulers(trainer)
-        before = GroupSettings.capture(optimizer, schedulers)
+        before = GroupSettings.capture(trainer.optimizers[0], lr_schedulers(trainer))
         if plan.restore is not None:
-            self.comm.barrier()  # the writer finished before anyone reads
-            try:
-                self.load_checkpoint_state(plan.restore.path, self.group_count(plan.restore.depth), trainer)
-            except Exception as err:
-                raise CheckpointRestoreError(
-                    f"Cannot restore the best checkpoint '{plan.restore.path}' at a phase transition: "
-                    f"{type(err).__name__}: {err}. The checkpoint is left as it is; resume from the last checkpoint, "
-                    "or set `restore_best=False`."
-                ) from err
-        self.thaw(module, plan.trainable)
-        self._add_phase_groups(plan, trainer, until=len(before.groups))  # the groups a restore dropped
+            self._restore(plan, trainer)
+        self.thaw(trainer.lightning_module, plan.trainable)
+        self._add_phase_groups(plan, trainer, len(before.groups) - self.group_count(0))  # what a restore dropped
         if plan.restore is not None:
-            before.reapply(optimizer, schedulers)
-        self._add_phase_groups(plan, trainer, until=self.group_count(plan.depth))  # the new phase's
-        _check_group_count(optimizer, self.group_count(plan.depth))
+            before.reapply(trainer.optimizers[0], lr_schedulers(trainer))
+        self._add_phase_groups(plan, trainer, plan.depth)
+        _check_group_count(trainer.optimizers[0], self.group_count(plan.depth))
         if check_replicas:
-            self.check_replicas(module, plan.depth)
+            self.check_replicas(trainer.lightning_module, plan.depth)
         self.on_trainable_changed(trainer)
 
-    def _add_phase_groups(self, plan: PhasePlan, trainer: pl.Trainer, until: int) -> None:
-        optimizer = trainer.optimizers[0]
+    def _restore(self, plan: PhasePlan, trainer: pl.Trainer) -> None:
+        """Collective: every rank loads, then all agree: a failure on any rank is raised on every rank."""
+        assert plan.restore is not None
+        self.comm.barrier()  # the writer finished before anyone reads
+        failure = None
+        try:
+            self.load_checkpoint_state(plan.restore.path, plan.phase_params[: plan.restore.depth + 1], trainer)
+        except Exception as err:
+            failure = f"{type(err).__name__}: {err}"
+        failed = [(rank, message) for rank, message in enumerate(self.comm.all_gather(failure)) if message]
+        if failed:
+            rank, message = failed[0]
+            raise CheckpointRestoreError(
+                f"Cannot restore the best checkpoint '{plan.restore.path}' at a phase transition (rank {rank}: "
+                f"{message}). The checkpoint is left as it is; resume from the last checkpoint, or set "
+                "`restore_best=False`."
+            )
+
+    def _add_phase_groups(self, plan: PhasePlan, trainer: pl.Trainer, depth: int) -> None:
+        """Extend the optimizer with the groups of the phases after the ones it holds, up to ``depth``."""
+        held = len(trainer.optimizers[0].param_groups) - self.group_count(0)
         live = self.schedule_parameters(trainer.lightning_module)
-        while len(optimizer.param_groups) < until:
-            depth = len(optimizer.param_groups) - self.group_count(0) + 1
-            phase = [live[name] for name in plan.phase_params[depth]]
-            self.extend_optimizer(optimizer, phase, plan.phase_lrs[depth], lr_schedulers(trainer))
+        groups = [
+            PhaseGroup(plan.phase_params[d], tuple(live[name] for name in plan.phase_params[d]), plan.phase_lrs[d])
+            for d in range(held + 1, depth + 1)
+        ]
+        if groups:
+            self.extend_optimizer(trainer, groups)
 
     def check_replicas(self, module: torch.nn.Module, depth: int) -> None:
         """Collective: compare every rank's :meth:`replica_view`; raise on every rank if they disagree."""

@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from pytorch_lightning.strategies import FSDPStrategy
-from torch.distributed.fsdp import FullyShardedDataParallel
+from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
 from torch.distributed.fsdp._common_utils import clean_tensor_name
 from typing_extensions import override
 
@@ -82,16 +82,21 @@ class FSDP1Adapter(ShardedAdapter):
 
     @override
     def replica_view(self, module: torch.nn.Module) -> ReplicaView:
-        """Each unit's local flat shard, compared only between ranks at the same position of its shard group
-        (``HYBRID_SHARD`` replicas; none under ``FULL_SHARD``)."""
+        """Each unit's local flat shard, compared only between ranks that hold the same shard: every rank under
+        ``NO_SHARD``, the same position of the shard group across nodes under ``HYBRID_SHARD``, none under
+        ``FULL_SHARD`` (or ``HYBRID_SHARD`` on one node)."""
         live = self.schedule_parameters(module)
         tensors: dict[str, tuple[ShardKey, int]] = {}
         for unit_name, unit in _named_units(self._root()):
-            if dist.get_world_size(unit.process_group) == dist.get_world_size():
+            shard_group_size = dist.get_world_size(unit.process_group)
+            if unit.sharding_strategy == ShardingStrategy.NO_SHARD or shard_group_size == 1:
+                key: ShardKey = ()  # every rank holds the whole unit
+            elif shard_group_size == dist.get_world_size():
                 continue  # sharded over every rank: no other rank holds this shard
+            else:
+                key = (dist.get_rank(unit.process_group),)  # HYBRID_SHARD: compared with the other nodes' ranks
             flat = unit._handle.flat_param  # type: ignore[union-attr]
-            local = getattr(flat, "_local_shard", flat.data)
-            tensors[f"{unit_name or '<root>'}.flat_param"] = ((dist.get_rank(unit.process_group),), checksum(local))
+            tensors[f"{unit_name or '<root>'}.flat_param"] = (key, checksum(getattr(flat, "_local_shard", flat.data)))
         return ReplicaView(tuple(sorted(n for n, p in live.items() if p.requires_grad)), tensors)
 
     def _root(self) -> torch.nn.Module:

@@ -21,12 +21,14 @@ shards only between ranks that hold the same shard (along replicate dimensions).
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 import torch.distributed.checkpoint as dcp
 from pytorch_lightning.strategies import ModelParallelStrategy
+from pytorch_lightning.utilities import rank_zero_warn
 from torch.distributed.checkpoint import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
@@ -80,13 +82,14 @@ class FSDP2Adapter(ShardedAdapter):
                 )
 
     @override
-    def load_checkpoint_state(self, path: str, groups: int, trainer: pl.Trainer) -> None:
+    def load_checkpoint_state(self, path: str, phases: Sequence[Sequence[str]], trainer: pl.Trainer) -> None:
         """A sharded checkpoint loads in one pass into the live shards: the model's DTensors are the load's
         targets, and the optimizer state joins the same read (Lightning's loader reads model and optimizer in two
         passes, each with its own planning round, then copies the weights once more)."""
         if not Path(path).is_dir():
-            super().load_checkpoint_state(path, groups, trainer)  # a whole-model file: Lightning's loader
+            super().load_checkpoint_state(path, phases, trainer)  # a whole-model file: Lightning's loader
             return
+        groups = self.group_count(len(phases) - 1)
         check_saved_group_count(Path(path), groups)
         optimizer, model = trainer.optimizers[0], trainer.lightning_module
         truncate_param_groups(optimizer, groups, lr_schedulers(trainer))
@@ -121,6 +124,13 @@ def _refresh_mixed_precision_dtypes(module: torch.nn.Module) -> None:
     """
     for fsdp_module in _fsdp_modules(module):
         group = getattr(fsdp_module._get_fsdp_state(), "_fsdp_param_group", None)
+        if group is None:
+            continue
         init_dtypes = getattr(group, "_init_mp_dtypes", None)
         if init_dtypes is not None:
             init_dtypes()
+        elif getattr(group.mp_policy, "param_dtype", None) is not None:
+            rank_zero_warn(
+                "fts_dist: this torch version's FSDP2 has no _init_mp_dtypes: a module thawed after running frozen "
+                "under MixedPrecisionPolicy may fail its first backward (pytorch issue 186998); use torch 2.13."
+            )

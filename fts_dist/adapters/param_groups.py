@@ -41,15 +41,29 @@ def check_lr_scheduler_supported(scheduler: Any) -> None:
         )
 
 
-def add_param_group(
-    optimizer: torch.optim.Optimizer, params: Sequence[torch.nn.Parameter], lr: float, schedulers: Sequence[Any]
-) -> None:
-    """Append one group at ``lr`` (other options from the optimizer's defaults) and extend each scheduler."""
-    optimizer.add_param_group({"params": list(params), "lr": lr, "initial_lr": lr})
+@dataclass(frozen=True)
+class PhaseGroup:
+    """One phase's new optimizer group: its parameters (by schedule name and live object) and learning rate."""
+
+    names: tuple[str, ...]
+    params: tuple[torch.nn.Parameter, ...]
+    lr: float
+
+
+def add_param_group(optimizer: torch.optim.Optimizer, group: PhaseGroup, schedulers: Sequence[Any]) -> None:
+    """Append ``group`` at its ``lr`` (other options from the optimizer's defaults) and extend each scheduler.
+
+    An optimizer built from ``named_parameters()`` (torch >= 2.6) keeps ``param_names`` in every group and refuses
+    a group without them, so the group's names go along then.
+    """
+    entry: dict[str, Any] = {"params": list(group.params), "lr": group.lr, "initial_lr": group.lr}
+    if "param_names" in optimizer.param_groups[0]:
+        entry["param_names"] = list(group.names)
+    optimizer.add_param_group(entry)
     for scheduler in schedulers:
         for name, value in _per_group_lists(scheduler).items():
             # a new group takes the first group's floor and the last group's lambda, its own base lr
-            value.append(lr if name in ("base_lrs", "_last_lr") else value[0 if name == "min_lrs" else -1])
+            value.append(group.lr if name in ("base_lrs", "_last_lr") else value[0 if name == "min_lrs" else -1])
 
 
 def truncate_param_groups(optimizer: torch.optim.Optimizer, count: int, schedulers: Sequence[Any]) -> None:

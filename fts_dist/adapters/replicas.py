@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 ShardKey = tuple[int, ...]
+_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 @dataclass(frozen=True)
@@ -29,14 +30,15 @@ class ReplicaView:
 def checksum(tensor: torch.Tensor) -> int:
     """A checksum of the tensor's bytes: equal for bitwise-equal tensors, different for (nearly) any change.
 
-    CRC-32 on CPU (11 ms for 11M float32 elements here, against 95 ms for float64 sums); on an accelerator, an exact
-    integer sum of the bit patterns, computed where the tensor lives.
+    CRC-32 on CPU (11 ms for 11M float32 elements here, against 95 ms for float64 sums); on an accelerator, where the
+    tensor lives, an exact integer sum of its bit patterns weighted by position (so a swap of values shows too).
     """
     values = tensor.detach().contiguous().reshape(-1)
     if values.device.type == "cpu":
         return zlib.crc32(values.view(torch.uint8).numpy().data)
-    bits = values.view(torch.int32 if values.element_size() == 4 else torch.uint8)
-    return int(bits.sum(dtype=torch.int64))
+    bits = values.view(_INT_OF_SIZE.get(values.element_size(), torch.uint8)).to(torch.int64)
+    weights = torch.arange(bits.numel(), device=bits.device) % 65521 + 1
+    return int((bits * weights).sum())
 
 
 def _shard_key(tensor: torch.Tensor) -> ShardKey:
@@ -77,7 +79,7 @@ def replica_problems(views: list[ReplicaView]) -> list[str]:
         first_holder: dict[ShardKey, int] = {}
         for rank, view in enumerate(views):
             if name not in view.tensors:
-                differing.setdefault((rank, 0), []).append(name)
+                problems.append(f"rank {rank} holds no {name!r}, which rank 0 holds")
                 continue
             key, sums = view.tensors[name]
             reference = first_holder.setdefault(key, rank)

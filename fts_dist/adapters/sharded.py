@@ -9,7 +9,7 @@ groups the checkpoint holds; no rank builds the full model or the full optimizer
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,9 @@ from typing_extensions import override
 
 from fts_dist.adapters.base import StrategyAdapter
 from fts_dist.adapters.param_groups import lr_schedulers, truncate_param_groups
+from fts_dist.adapters.strategy_hooks import wrap_lightning_method
 from fts_dist.adapters.torch_comm import TorchDistributedComm
-from fts_dist.checkpoint_io import publish, staging_path
+from fts_dist.checkpoint_io import publish, staging_path, tidy_checkpoint_directory
 from fts_dist.coordinator import Comm
 
 _OPTIMIZER_GROUPS_KEY = "optimizer_0.param_groups."  # how Lightning's sharded saves name the first optimizer's groups
@@ -49,30 +50,43 @@ class ShardedAdapter(StrategyAdapter):
     @override
     def prepare_checkpointing(self, trainer: pl.Trainer, before_resume_load: Callable[[dict[str, Any]], None]) -> None:
         super().prepare_checkpointing(trainer, before_resume_load)
-        strategy, save = self.strategy, self.strategy.save_checkpoint
+        strategy, comm = self.strategy, self.comm
 
-        def save_checkpoint(checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
-            target = Path(strategy.broadcast(str(filepath)))
-            staging = staging_path(target)
-            if strategy.is_global_zero:
-                _remove(staging)  # what a killed writer left
-            strategy.barrier()
-            save(checkpoint, staging, storage_options)
-            strategy.barrier()  # every rank's shards are on disk
-            if strategy.is_global_zero:
-                publish(staging, target)
-            strategy.barrier()
+        def staged(save: Callable[..., Any]) -> Callable[..., Any]:
+            def save_checkpoint(checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+                target = Path(strategy.broadcast(str(filepath)))
+                staging = staging_path(target)
+                _together(comm, lambda: tidy_checkpoint_directory(target.parent), rank_zero_only=True)
+                _together(comm, lambda: save(checkpoint, staging, storage_options))  # every rank its shards
+                _together(comm, lambda: publish(staging, target), rank_zero_only=True)
 
-        strategy.save_checkpoint = save_checkpoint  # type: ignore[method-assign]
+            return save_checkpoint
+
+        wrap_lightning_method(strategy, "save_checkpoint", staged)
 
     @override
-    def load_checkpoint_state(self, path: str, groups: int, trainer: pl.Trainer) -> None:
+    def load_checkpoint_state(self, path: str, phases: Sequence[Sequence[str]], trainer: pl.Trainer) -> None:
+        groups = self.group_count(len(phases) - 1)
         check_saved_group_count(Path(path), groups)
         truncate_param_groups(trainer.optimizers[0], groups, lr_schedulers(trainer))
         try:
             self._load_strategy_checkpoint(path)  # weights and optimizer state in place, each rank its own shards
         except CheckpointException as err:  # a BaseException: make it an ordinary error the transition reports
             raise RuntimeError(str(err)) from err
+
+
+def _together(comm: Comm, work: Callable[[], Any], rank_zero_only: bool = False) -> None:
+    """Collective: run ``work`` (on every rank, or rank 0 alone) and raise on every rank if it failed on any, so
+    no rank waits in the next collective for a peer that gave up."""
+    failure = None
+    if not rank_zero_only or comm.rank == 0:
+        try:
+            work()
+        except Exception as err:
+            failure = f"{type(err).__name__}: {err}"
+    failed = [(rank, message) for rank, message in enumerate(comm.all_gather(failure)) if message]
+    if failed:
+        raise RuntimeError(f"fts_dist: writing a sharded checkpoint failed on rank {failed[0][0]}: {failed[0][1]}")
 
 
 def check_saved_group_count(path: Path, groups: int) -> None:
@@ -93,12 +107,3 @@ def _saved_group_count(path: Path) -> int:
         )
     checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
     return len(checkpoint["optimizer_states"][0]["param_groups"])
-
-
-def _remove(path: Path) -> None:
-    import shutil
-
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)

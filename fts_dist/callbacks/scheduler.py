@@ -149,9 +149,16 @@ class FinetuningScheduler(Callback):
             self._apply(plan, trainer)
 
     def step_pg(self, optimizer: Any, depth: int, depth_sync: bool = True) -> None:
-        """Thaw phases up to ``depth`` and give each an optimizer group (groups are always kept in sync)."""
+        """Thaw phases up to ``depth`` and give each an optimizer group. ``depth_sync`` has no effect: the groups
+        always follow the thawed phases."""
         if optimizer is not self._trainer.optimizers[0]:
             raise FTSConfigError("step_pg() applies to the trainer's optimizer only.", key="optimizer")
+        if depth < self.curr_depth:
+            raise FTSConfigError(
+                f"step_pg(depth={depth}) is below the current phase {self.curr_depth}: phases only thaw, never freeze "
+                "again. Give a depth of at least the current one.",
+                key="depth",
+            )
         self._adapter.apply_plan(self._coordinator.resume_plan(self._trainer.current_epoch, depth), self._trainer)
 
     def restore_best_ckpt(self) -> None:

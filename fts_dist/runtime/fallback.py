@@ -53,16 +53,14 @@ def requested_count(devices: Any) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def plan_fallback(
-    request: DeviceRequest, gpus: int, launched: bool, needs_gpu: NeedsGpu
-) -> tuple[DeviceRequest, str | None]:
+def plan_fallback(request: DeviceRequest, gpus: int, needs_gpu: NeedsGpu) -> tuple[DeviceRequest, str | None]:
     """The request to run with and a one-line notice of what changed (None when nothing did).
 
-    Launched jobs (torchrun, SLURM) keep their request: the launcher owns the device count. A request for several
+    For a plain run (launched jobs go through :func:`plan_launched`). A request for several
     GPUs, or several nodes, on a machine with fewer runs on one device with the single-device adapter; a strategy
     or precision that cannot run there raises :class:`FTSConfigError`.
     """
-    if launched or request.accelerator == "cpu":
+    if request.accelerator == "cpu":
         return request, None
     wants_gpu = request.accelerator in ("gpu", "cuda", "auto")
     count = requested_count(request.devices)
@@ -124,7 +122,7 @@ def plan_devices(
     if under_a_launcher(env):
         world = int(env["WORLD_SIZE"])
         return plan_launched(request, world, int(env.get("LOCAL_WORLD_SIZE", world)), gpus, needs_gpu)
-    return plan_fallback(request, gpus, False, needs_gpu)
+    return plan_fallback(request, gpus, needs_gpu)
 
 
 def _needs_gpu_error(name: str, where: str) -> FTSConfigError:

@@ -81,7 +81,7 @@ def test_restarts_make_fit_resume_from_the_last_checkpoint() -> None:
     ],
 )
 def test_plan_fallback(request_: DeviceRequest, gpus: int, changed) -> None:
-    planned, notice = plan_fallback(request_, gpus, False, strategy_needs_gpu)
+    planned, notice = plan_fallback(request_, gpus, strategy_needs_gpu)
     if changed is None:
         assert planned == request_ and notice is None
     else:
@@ -99,7 +99,7 @@ def test_plan_fallback(request_: DeviceRequest, gpus: int, changed) -> None:
 )
 def test_plan_fallback_refuses_what_cannot_run_on_cpu(request_: DeviceRequest, match: str) -> None:
     with pytest.raises(FTSConfigError, match=match):
-        plan_fallback(request_, 0, False, strategy_needs_gpu)
+        plan_fallback(request_, 0, strategy_needs_gpu)
 
 
 def test_launched_jobs_take_their_shape_from_the_launcher() -> None:
@@ -121,7 +121,7 @@ def test_strategy_names() -> None:
     assert strategy_name({"class_path": "pytorch_lightning.strategies.FSDPStrategy"}) == "fsdp"
 
 
-def test_which_strategy_needs_a_gpu_comes_from_the_adapter_registry() -> None:
+def test_which_strategy_needs_a_gpu_comes_from_the_adapter_registry(adapter_registry) -> None:
     from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy
 
     from fts_dist.adapters import register_adapter
@@ -131,7 +131,7 @@ def test_which_strategy_needs_a_gpu_comes_from_the_adapter_registry() -> None:
 
     register_adapter(ClusterOnly, None, needs_gpu=True)
     with pytest.raises(FTSConfigError, match="strategy 'clusteronly' needs CUDA GPUs"):
-        plan_fallback(DeviceRequest("gpu", 8, ClusterOnly()), 0, False, strategy_needs_gpu)
+        plan_fallback(DeviceRequest("gpu", 8, ClusterOnly()), 0, strategy_needs_gpu)
     assert strategy_needs_gpu("fsdp") and strategy_needs_gpu(FSDPStrategy) and not strategy_needs_gpu("ddp")
     with pytest.raises(FTSConfigError, match="strategy 'deepspeed_stage_3' needs CUDA GPUs and this node has none"):
         plan_devices(DeviceRequest("auto", "auto", "deepspeed_stage_3"), {"WORLD_SIZE": "2"}, 0, strategy_needs_gpu)

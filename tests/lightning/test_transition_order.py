@@ -41,18 +41,18 @@ class RecordingAdapter(StrategyAdapter):
     def comm(self) -> Any:
         return TwoRankEcho()
 
-    def load_checkpoint_state(self, path: str, groups: int, trainer: pl.Trainer) -> None:
-        self.calls.append(f"restore(groups={groups})")
-        super().load_checkpoint_state(path, groups, trainer)
+    def load_checkpoint_state(self, path: str, phases: Any, trainer: pl.Trainer) -> None:
+        self.calls.append(f"restore(phases={len(phases)})")
+        super().load_checkpoint_state(path, phases, trainer)
 
     def thaw(self, module: Any, trainable: Any) -> None:
         names = list(trainable)
         self.calls.append(f"thaw({len(names)})")
         super().thaw(module, names)
 
-    def extend_optimizer(self, optimizer: Any, params: Any, lr: float, schedulers: list[Any]) -> None:
-        self.calls.append(f"extend(lr={lr})")
-        super().extend_optimizer(optimizer, params, lr, schedulers)
+    def extend_optimizer(self, trainer: pl.Trainer, groups: Any) -> None:
+        self.calls.append(f"extend(lrs={[group.lr for group in groups]})")
+        super().extend_optimizer(trainer, groups)
 
     def replica_view(self, module: Any) -> Any:
         self.calls.append("check")
@@ -66,10 +66,10 @@ class RecordingStrategy(SingleDeviceStrategy):
     pass
 
 
-register_adapter(RecordingStrategy, RecordingAdapter)
-
-
-def test_a_transition_restores_thaws_extends_checks_and_registers_in_that_order(tmp_path: Path) -> None:
+def test_a_transition_restores_thaws_extends_checks_and_registers_in_that_order(
+    tmp_path: Path, adapter_registry: Any
+) -> None:
+    register_adapter(RecordingStrategy, RecordingAdapter)
     RecordingAdapter.calls = []
     trainer = pl.Trainer(
         strategy=RecordingStrategy("cpu"),
@@ -87,8 +87,9 @@ def test_a_transition_restores_thaws_extends_checks_and_registers_in_that_order(
     # phase 1 never beats epoch 1: phase 2 restores a checkpoint with one group fewer, which is rebuilt first
     trainer.fit(Recorder(scripted_val_loss=[1.0, 0.5, 0.9, 0.95, 0.4, 0.3]), *loaders())
     assert RecordingAdapter.calls[2:] == [
-        "restore(groups=1)", "thaw(4)", "extend(lr=0.05)", "check", "register",  # phase 1
-        "restore(groups=1)", "thaw(8)", "extend(lr=0.05)", "extend(lr=0.02)", "check", "register",  # phase 2
+        "restore(phases=1)", "thaw(4)", "extend(lrs=[0.05])", "check", "register",  # phase 1
+        # the group the restore dropped comes back first, takes its settings from before, then the new one
+        "restore(phases=1)", "thaw(8)", "extend(lrs=[0.05])", "extend(lrs=[0.02])", "check", "register",  # phase 2
     ]  # fmt: skip
     assert RecordingAdapter.calls[:2] == ["thaw(2)", "thaw(2)"]  # at setup, and again right before the optimizer
 

@@ -23,6 +23,8 @@ from fts_dist.adapters import (
     resolve_adapter,
 )
 
+pytestmark = pytest.mark.usefixtures("adapter_registry")
+
 
 def test_known_strategies_and_their_subclasses_get_their_adapter() -> None:
     class MyDDP(DDPStrategy):
@@ -44,8 +46,8 @@ def test_a_strategy_without_adapter_is_refused_with_the_supported_list() -> None
         pass
 
     register_adapter(Exotic, None)
-    supported = "DDPStrategy, FSDPStrategy, ModelParallelStrategy, SingleDeviceStrategy, fts_dist.FSDPStrategy"
-    with pytest.raises(FTSConfigError, match=f"no adapter for strategy Exotic; supported: {supported}"):
+    supported = "DDPStrategy, FSDPStrategy, ModelParallelStrategy, SingleDeviceStrategy, fts_dist.FSDPStrategy."
+    with pytest.raises(FTSConfigError, match=f"no adapter for strategy Exotic; supported: {supported} Pick"):
         resolve_adapter(Exotic("cpu"))
     with pytest.raises(FTSConfigError, match="no adapter for strategy XLAStrategy"):
         check_strategy_supported("xla")

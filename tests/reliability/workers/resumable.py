@@ -62,9 +62,9 @@ def inject_kill_on_save(nth: int) -> None:
 def inject_kill_on_restore(nth: int) -> None:
     real_restore, calls = StrategyAdapter.load_checkpoint_state, [0]
 
-    def restore(self: StrategyAdapter, path: str, groups: int, trainer: pl.Trainer) -> None:
+    def restore(self: StrategyAdapter, path: str, phases: Any, trainer: pl.Trainer) -> None:
         calls[0] += 1
-        real_restore(self, path, groups, trainer)
+        real_restore(self, path, phases, trainer)
         if calls[0] == nth:
             die()
 
