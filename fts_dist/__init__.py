@@ -15,17 +15,19 @@ from fts_dist.errors import FTSConfigError
 if TYPE_CHECKING:
     from fts_dist.callbacks import FinetuningScheduler, FTSCheckpoint, FTSEarlyStopping
     from fts_dist.gen import gen_ft_schedule
-    from fts_dist.strategies import FSDPStrategy
+    from fts_dist.strategies import DeepSpeedStrategy, FSDPStrategy
 
 _LAZY = {
     "FinetuningScheduler": "fts_dist.callbacks",
     "FTSCheckpoint": "fts_dist.callbacks",
     "FTSEarlyStopping": "fts_dist.callbacks",
+    "DeepSpeedStrategy": "fts_dist.strategies",
     "FSDPStrategy": "fts_dist.strategies",
     "gen_ft_schedule": "fts_dist.gen",
 }
 
 __all__ = [
+    "DeepSpeedStrategy",
     "FSDPStrategy",
     "FTSCheckpoint",
     "FTSConfigError",

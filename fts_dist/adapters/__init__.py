@@ -2,6 +2,7 @@
 
 from fts_dist.adapters.base import CheckpointRestoreError, ReplicaMismatchError, StrategyAdapter
 from fts_dist.adapters.ddp import DDPAdapter
+from fts_dist.adapters.deepspeed import DeepSpeedAdapter
 from fts_dist.adapters.fsdp1 import FSDP1Adapter
 from fts_dist.adapters.fsdp2 import FSDP2Adapter
 from fts_dist.adapters.registry import (
@@ -18,6 +19,7 @@ from fts_dist.adapters.replicas import ReplicaView
 __all__ = [
     "CheckpointRestoreError",
     "DDPAdapter",
+    "DeepSpeedAdapter",
     "FSDP1Adapter",
     "FSDP2Adapter",
     "ReplicaMismatchError",

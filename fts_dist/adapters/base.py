@@ -21,7 +21,6 @@ from fts_dist.adapters.param_groups import (
     add_param_group,
     check_lr_scheduler_supported,
     lr_schedulers,
-    params_in_optimizer,
     truncate_param_groups,
 )
 from fts_dist.adapters.replicas import ReplicaView, replica_problems, replica_view
@@ -54,9 +53,10 @@ class StrategyAdapter:
     - :meth:`on_trainable_changed`: re-register the trainable set with a wrapper or engine.
 
     Around a transition, an adapter may also override: :attr:`comm` (collectives), :meth:`schedule_parameters` (the
-    names a schedule resolves against, and the live parameters), :meth:`validate_strategy` and
-    :meth:`validate_schedule` (refuse what cannot work, before step 0), :meth:`setup_optimizer`,
-    :meth:`prepare_checkpointing` and :meth:`checkpoint_metadata` (checkpoint formats),
+    names a schedule resolves against, and the live parameters), :meth:`validate_strategy`,
+    :meth:`validate_schedule` and :meth:`validate_training_loop` (refuse what cannot work, before step 0),
+    :meth:`setup_optimizer` and :meth:`optimizer_parameters`, :meth:`prepare_checkpointing`,
+    :meth:`checkpoint_metadata` and :meth:`after_checkpoint_load` (checkpoint formats),
     :meth:`keep_frozen_through_model_setup`, :meth:`parameters_without_gradient` and
     :meth:`unused_parameters_are_fatal`.
 
@@ -111,11 +111,19 @@ class StrategyAdapter:
             def load_checkpoint(checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
                 if trainer.state.fn == "fit":
                     before_resume_load(self.checkpoint_metadata(str(self.strategy.broadcast(checkpoint_path))))
-                return load(checkpoint_path, *args, **kwargs)
+                loaded = load(checkpoint_path, *args, **kwargs)
+                self.after_checkpoint_load(trainer)
+                return loaded
 
             return load_checkpoint
 
         wrap_lightning_method(self.strategy, "load_checkpoint", intercept)
+
+    def after_checkpoint_load(self, trainer: pl.Trainer) -> None:
+        """Called after the strategy loaded a checkpoint to resume from (an engine may need to re-link its state)."""
+
+    def validate_training_loop(self, trainer: pl.Trainer) -> None:
+        """Check what depends on the training loop (batches per epoch) once it is known, before step 0."""
 
     def keep_frozen_through_model_setup(self, trainer: pl.Trainer, phase0_params: Sequence[str]) -> None:
         """Freeze everything but phase 0 again right before the strategy builds the optimizer.
@@ -162,6 +170,10 @@ class StrategyAdapter:
         truncate_param_groups(trainer.optimizers[0], groups, lr_schedulers(trainer))
         self.strategy.load_optimizer_state_dict(checkpoint)
 
+    def optimizer_parameters(self, trainer: pl.Trainer) -> list[list[torch.nn.Parameter]]:
+        """The model parameters each optimizer group holds (an engine's optimizer may hold flat copies instead)."""
+        return [list(group["params"]) for group in trainer.optimizers[0].param_groups]
+
     def thaw(self, module: torch.nn.Module, trainable: Iterable[str]) -> None:
         """Make exactly the parameters named in ``trainable`` require grad."""
         keep = set(trainable)
@@ -194,7 +206,7 @@ class StrategyAdapter:
         for config in trainer.lr_scheduler_configs:
             check_lr_scheduler_supported(config.scheduler)
         live = self.schedule_parameters(trainer.lightning_module)
-        held = params_in_optimizer(trainer.optimizers[0])
+        held = {id(p) for group in self.optimizer_parameters(trainer) for p in group}
         phase0 = set(phase0_params)
         extra = [n for n, p in live.items() if id(p) in held and n not in phase0]
         if extra:

@@ -60,10 +60,22 @@ def add_param_group(optimizer: torch.optim.Optimizer, group: PhaseGroup, schedul
     if "param_names" in optimizer.param_groups[0]:
         entry["param_names"] = list(group.names)
     optimizer.add_param_group(entry)
+    extend_schedulers(schedulers, group.lr)
+
+
+def extend_schedulers(schedulers: Sequence[Any], lr: float) -> None:
+    """Give each scheduler's per-group state one more group, starting at ``lr``."""
     for scheduler in schedulers:
         for name, value in _per_group_lists(scheduler).items():
             # a new group takes the first group's floor and the last group's lambda, its own base lr
-            value.append(group.lr if name in ("base_lrs", "_last_lr") else value[0 if name == "min_lrs" else -1])
+            value.append(lr if name in ("base_lrs", "_last_lr") else value[0 if name == "min_lrs" else -1])
+
+
+def truncate_schedulers(schedulers: Sequence[Any], count: int) -> None:
+    """Drop each scheduler's per-group state past ``count`` groups."""
+    for scheduler in schedulers:
+        for value in _per_group_lists(scheduler).values():
+            del value[count:]
 
 
 def truncate_param_groups(optimizer: torch.optim.Optimizer, count: int, schedulers: Sequence[Any]) -> None:
@@ -82,19 +94,12 @@ def truncate_param_groups(optimizer: torch.optim.Optimizer, count: int, schedule
     clear_partition_cache = getattr(optimizer, "_clear_cache", None)
     if clear_partition_cache is not None:
         clear_partition_cache()
-    for scheduler in schedulers:
-        for value in _per_group_lists(scheduler).values():
-            del value[count:]
+    truncate_schedulers(schedulers, count)
 
 
 def lr_schedulers(trainer: Any) -> list[Any]:
     """The LR schedulers a Lightning trainer steps."""
     return [config.scheduler for config in trainer.lr_scheduler_configs]
-
-
-def params_in_optimizer(optimizer: torch.optim.Optimizer) -> set[int]:
-    """``id()`` of every parameter the optimizer holds."""
-    return {id(p) for group in optimizer.param_groups for p in group["params"]}
 
 
 @dataclass

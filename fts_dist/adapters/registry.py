@@ -28,11 +28,13 @@ from typing_extensions import override
 
 from fts_dist.adapters.base import StrategyAdapter
 from fts_dist.adapters.ddp import DDPAdapter
+from fts_dist.adapters.deepspeed import DeepSpeedAdapter
 from fts_dist.adapters.fsdp1 import FSDP1Adapter
 from fts_dist.adapters.fsdp2 import FSDP2Adapter
 from fts_dist.adapters.torch_comm import TorchDistributedComm
 from fts_dist.coordinator import Comm, LocalComm
 from fts_dist.errors import FTSConfigError
+from fts_dist.strategies import DeepSpeedStrategy as CPUCapableDeepSpeedStrategy
 from fts_dist.strategies import FSDPStrategy as CPUCapableFSDPStrategy
 
 
@@ -48,7 +50,8 @@ class _Entry:
 _ADAPTERS: dict[type[pl.strategies.Strategy], _Entry] = {
     SingleDeviceStrategy: _Entry(StrategyAdapter),
     DDPStrategy: _Entry(DDPAdapter),
-    DeepSpeedStrategy: _Entry(None, needs_gpu=True),
+    DeepSpeedStrategy: _Entry(DeepSpeedAdapter, needs_gpu=True),
+    CPUCapableDeepSpeedStrategy: _Entry(DeepSpeedAdapter),
     FSDPStrategy: _Entry(FSDP1Adapter, needs_gpu=True),
     CPUCapableFSDPStrategy: _Entry(FSDP1Adapter),
     ModelParallelStrategy: _Entry(FSDP2Adapter),

@@ -50,19 +50,7 @@ class ShardedAdapter(StrategyAdapter):
     @override
     def prepare_checkpointing(self, trainer: pl.Trainer, before_resume_load: Callable[[dict[str, Any]], None]) -> None:
         super().prepare_checkpointing(trainer, before_resume_load)
-        strategy, comm = self.strategy, self.comm
-
-        def staged(save: Callable[..., Any]) -> Callable[..., Any]:
-            def save_checkpoint(checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
-                target = Path(strategy.broadcast(str(filepath)))
-                staging = staging_path(target)
-                _together(comm, lambda: tidy_checkpoint_directory(target.parent), rank_zero_only=True)
-                _together(comm, lambda: save(checkpoint, staging, storage_options))  # every rank its shards
-                _together(comm, lambda: publish(staging, target), rank_zero_only=True)
-
-            return save_checkpoint
-
-        wrap_lightning_method(strategy, "save_checkpoint", staged)
+        stage_checkpoint_directories(self.strategy, self.comm)
 
     @override
     def load_checkpoint_state(self, path: str, phases: Sequence[Sequence[str]], trainer: pl.Trainer) -> None:
@@ -73,6 +61,23 @@ class ShardedAdapter(StrategyAdapter):
             self._load_strategy_checkpoint(path)  # weights and optimizer state in place, each rank its own shards
         except CheckpointException as err:  # a BaseException: make it an ordinary error the transition reports
             raise RuntimeError(str(err)) from err
+
+
+def stage_checkpoint_directories(strategy: pl.strategies.Strategy, comm: Comm) -> None:
+    """Have ``strategy`` write each checkpoint that every rank writes into to a hidden staging directory, moved
+    into place once all ranks have finished (a failure on any rank is raised on every rank)."""
+
+    def staged(save: Callable[..., Any]) -> Callable[..., Any]:
+        def save_checkpoint(checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+            target = Path(strategy.broadcast(str(filepath)))
+            staging = staging_path(target)
+            _together(comm, lambda: tidy_checkpoint_directory(target.parent), rank_zero_only=True)
+            _together(comm, lambda: save(checkpoint, staging, storage_options))  # every rank its shards
+            _together(comm, lambda: publish(staging, target), rank_zero_only=True)
+
+        return save_checkpoint
+
+    wrap_lightning_method(strategy, "save_checkpoint", staged)
 
 
 def _together(comm: Comm, work: Callable[[], Any], rank_zero_only: bool = False) -> None:

@@ -240,6 +240,7 @@ class FinetuningScheduler(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._adapter.validate_training_loop(trainer)
         saved = (self._loaded_state or {}).get("optimizer_groups")
         if saved is None or trainer.ckpt_path is None:
             return

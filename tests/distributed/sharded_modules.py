@@ -1,5 +1,5 @@
-"""The test module (``tests.modules.Recorder``) sharded for FSDP2 / HSDP / FSDP1, and a one-process reference that
-computes exactly what FSDP2's bf16 mixed precision computes on several ranks."""
+"""The test module (``tests.modules.Recorder``) sharded for FSDP2 / HSDP / tensor parallelism / FSDP1 / DeepSpeed,
+and a one-process reference that computes exactly what FSDP2's bf16 mixed precision computes on several ranks."""
 
 from __future__ import annotations
 
@@ -117,3 +117,26 @@ class MixedPrecisionReference(Recorder):
             p.grad = sum_ / self.world
         optimizer.step()
         optimizer.zero_grad()
+
+
+def engine_full_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Collective: the whole state dict of a module DeepSpeed may partition (ZeRO-3 gathers each parameter)."""
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+        return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+class DeepSpeedRecorder(Recorder):
+    """Recorder whose records hold the whole weights under every ZeRO stage."""
+
+    def on_train_epoch_start(self) -> None:
+        optimizer = self.trainer.optimizers[0]
+        self.records.append(
+            {
+                "epoch": self.current_epoch,
+                "trainable": [n for n, p in self.named_parameters() if p.requires_grad],
+                "lrs": [round(g["lr"], 12) for g in optimizer.param_groups],
+                "weights": engine_full_state(self),
+            }
+        )

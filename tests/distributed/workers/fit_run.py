@@ -23,13 +23,21 @@ from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-from fts_dist import FinetuningScheduler, FSDPStrategy, FTSCheckpoint, FTSEarlyStopping
+from fts_dist import DeepSpeedStrategy, FinetuningScheduler, FSDPStrategy, FTSCheckpoint, FTSEarlyStopping
 from fts_dist.adapters import StrategyAdapter, register_adapter
-from tests.distributed.sharded_modules import MixedPrecisionReference, Recorder, ShardedRecorder, full_state
+from tests.distributed.sharded_modules import (
+    DeepSpeedRecorder,
+    MixedPrecisionReference,
+    Recorder,
+    ShardedRecorder,
+    engine_full_state,
+    full_state,
+)
 from tests.modules import SCHEDULE
 from tests.worker_exit import finish_worker
 
 SHARDED = ("fsdp2", "hsdp", "tp", "fsdp1")
+DEEPSPEED = ("zero1", "zero2", "zero3")
 BATCH, STEPS = 4, 3
 WORLD = int(os.environ.get("FTS_TEST_WORLD", "2"))  # 1 for the single-GPU checks
 ACCELERATOR = os.environ.get("FTS_TEST_ACCELERATOR", "cpu")
@@ -115,8 +123,8 @@ class PlantTrainable(pl.Callback):
 
 
 class KillDuringCheckpointWrite(pl.Callback):
-    """SIGKILLs rank 0 in the middle of writing ``last.ckpt`` at ``epoch``: its shards are on disk, its metadata
-    (meta.pt, written last) is not."""
+    """SIGKILLs rank 0 in the middle of writing ``last.ckpt`` at ``epoch``: the shards are on disk, the metadata
+    (meta.pt, written last) is not; under DeepSpeed, before the model states."""
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
@@ -126,7 +134,9 @@ class KillDuringCheckpointWrite(pl.Callback):
 
         def save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
             path = str(f)
-            writing_last = trainer.global_rank == 0 and path.endswith("meta.pt") and "last.ckpt" in path
+            # Lightning's sharded metadata (meta.pt), or DeepSpeed's model states with Lightning's client state
+            metadata = path.endswith(("meta.pt", "model_states.pt")) and isinstance(obj, dict)
+            writing_last = trainer.global_rank == 0 and metadata and "last.ckpt" in path
             if writing_last and obj.get("epoch") == self.epoch:
                 os.kill(os.getpid(), 9)
             real_save(obj, f, *args, **kwargs)
@@ -141,6 +151,18 @@ def build_strategy(args: argparse.Namespace) -> Any:
         return ModelParallelStrategy(data_parallel_size=WORLD, tensor_parallel_size=1)
     if args.strategy == "tp":
         return ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=WORLD)
+    if args.strategy in DEEPSPEED:
+        zero: dict[str, Any] = {"stage": int(args.strategy[-1])}
+        if args.offload:
+            zero["offload_optimizer"] = {"device": "cpu"}
+        config = {
+            "zero_optimization": zero,
+            "zero_force_ds_cpu_optimizer": False,  # offload with the module's own (torch) optimizer
+            "zero_allow_untested_optimizer": True,  # SGD, as the one-process reference
+            "train_micro_batch_size_per_gpu": BATCH,
+            "gradient_clipping": 0.0,
+        }
+        return DeepSpeedStrategy(config=config, process_group_backend="gloo")
     if args.strategy == "fsdp1":
         policy = {torch.nn.Sequential} if args.misaligned else {torch.nn.Linear}
         sharding = ShardingStrategy[args.sharding]
@@ -153,6 +175,8 @@ def build_model(args: argparse.Namespace) -> Any:
     common = {"lr": 0.05, "scheduler": scheduler_factory(args.scheduler), "scripted_val_loss": SCRIPTS.get(args.mode)}
     if args.reference and args.bf16:
         return MixedPrecisionReference(world=WORLD, **common)  # what FSDP2's bf16 computes on WORLD ranks
+    if args.strategy in DEEPSPEED and not args.reference:
+        return DeepSpeedRecorder(**common)
     if args.strategy in SHARDED and not args.reference:
         plain = "layers.2.bias" if args.plant == "mixed" else None
         layout = {"layout": args.strategy, "offload": args.offload, "own_roots": args.own_roots, "plain": plain}
@@ -165,7 +189,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--launcher", choices=["torchrun", "lightning"], default="torchrun")
     parser.add_argument("--reference", action="store_true")
-    parser.add_argument("--strategy", choices=["ddp", *SHARDED], default="ddp")
+    parser.add_argument("--strategy", choices=["ddp", *SHARDED, *DEEPSPEED], default="ddp")
     parser.add_argument("--mode", choices=["epochs", *SCRIPTS], default="epochs")
     parser.add_argument("--scheduler", default="none")
     parser.add_argument("--optimizer", choices=["sgd", "zero", "oss"], default="sgd")
@@ -176,7 +200,7 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=5)
     parser.add_argument("--ddp-options", action="store_true", help="non-default DDP options that must survive")
     parser.add_argument("--bf16", action="store_true", help="FSDP2 MixedPrecisionPolicy(bf16, reduce fp32)")
-    parser.add_argument("--offload", action="store_true", help="FSDP2 CPUOffloadPolicy")
+    parser.add_argument("--offload", action="store_true", help="FSDP2 CPUOffloadPolicy; ZeRO optimizer offload")
     parser.add_argument("--own-roots", action="store_true", help="FSDP2: every layer its own root")
     parser.add_argument("--sharding", default="FULL_SHARD", help="FSDP1 sharding strategy")
     parser.add_argument("--misaligned", action="store_true", help="FSDP1: one unit for all layers")
@@ -234,7 +258,10 @@ def main() -> None:
         logger=False,
     )
     trainer.fit(model, train, DataLoader(data, batch_size=len(data)), ckpt_path="last" if args.resume else None)
-    final = full_state(trainer.strategy.model) if isinstance(model, ShardedRecorder) else model.state_dict()
+    if isinstance(model, ShardedRecorder):
+        final = full_state(trainer.strategy.model)
+    else:
+        final = engine_full_state(model) if isinstance(model, DeepSpeedRecorder) else model.state_dict()
     result = {"records": model.records, "final": {k: v.clone() for k, v in final.items()}}
     result["ddp"] = getattr(model, "ddp_wrapper", None)
     result["optimizer"] = type(trainer.optimizers[0]).__name__

@@ -1,0 +1,78 @@
+"""2-process DeepSpeed on CPU (gloo, ``fts_dist.DeepSpeedStrategy``): ZeRO stages 1, 2 and 3 and optimizer offload
+against one process without DeepSpeed, a kill and resume from DeepSpeed's own checkpoint, and memory across 7
+transitions. Each transition rebuilds the engine's ZeRO optimizer for the new trainable set."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.distributed.launch import TIMEOUT_S, Run, free_port, launch
+from tests.distributed.test_sharded_2proc import STALE, STALE_DEPTHS, assert_matches
+
+pytestmark = [
+    pytest.mark.distributed,
+    pytest.mark.timeout(600),
+    pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="pip install fts-dist[deepspeed]"),
+]
+MEMORY_WORKER = Path(__file__).parent / "workers" / "deepspeed_memory.py"
+
+
+@pytest.fixture(scope="module")
+def stale_reference(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """One process without DeepSpeed over the same global batches, with the same optimizer (SGD, momentum)."""
+    run = launch(tmp_path_factory.mktemp("reference"), *STALE, reference=True)
+    assert run.returncode == 0, run.output[-3000:]
+    return run
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [("zero1",), ("zero2",), ("zero3",), ("zero3", "--offload")],
+    ids=["zero1", "zero2", "zero3", "zero3-offload"],
+)
+def test_every_zero_stage_restores_an_earlier_phase_with_an_lr_scheduler(
+    tmp_path: Path, stale_reference: Run, stage: tuple[str, ...]
+) -> None:
+    """Phase 2 restores phase 0's best checkpoint: the optimizer is rebuilt with that checkpoint's single group
+    before the engine loads it, then regains phase 1's group (with its settings from before) and phase 2's."""
+    run = launch(tmp_path, "--strategy", *stage, *STALE)
+    assert run.returncode == 0, run.output[-3000:]
+    assert_matches(run, stale_reference.reference(), STALE_DEPTHS)
+    assert "phase 2 of 2 begins at epoch 4: 202 trainable parameters in 8 tensors, 3 optimizer groups" in run.output
+
+
+def test_a_kill_mid_write_keeps_the_last_deepspeed_checkpoint_and_the_resume_matches(
+    tmp_path: Path, stale_reference: Run
+) -> None:
+    killed = launch(tmp_path, "--strategy", "zero3", *STALE, "--kill-writing-last-at", "4")
+    assert killed.returncode != 0
+    resume_dir = tmp_path / "resume"
+    assert sorted(p.name for p in resume_dir.iterdir()) == [".last.ckpt.fts-staging", "last.ckpt", "latest.ckpt"]
+    assert (resume_dir / "last.ckpt" / "latest").read_text().strip() == "checkpoint"  # whole
+    resumed = launch(tmp_path, "--strategy", "zero3", *STALE, "--resume")
+    assert resumed.returncode == 0, resumed.output[-3000:]
+    assert "resumed at phase 1 of 2" in resumed.output
+    assert_matches(resumed, stale_reference.reference(), [2, 2])
+
+
+def test_seven_transitions_keep_memory_flat_and_frozen_parameters_hold_no_state(tmp_path: Path) -> None:
+    """ZeRO-3, AdamW: fp32 masters plus Adam state are exactly trainable x 12 bytes / world in every phase (frozen
+    parameters hold none), and resident memory after the last transition is within 5% of after the first."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    command += ["--master_port", str(free_port()), str(MEMORY_WORKER), "--out", str(tmp_path), "--stage", "3"]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    for rank in (0, 1):
+        result = json.loads((tmp_path / f"memory-rank{rank}.json").read_text())
+        ideal = [state["trainable"] * 12 / result["world"] for state in result["state"]]
+        assert [state["bytes"] for state in result["state"]] == pytest.approx(ideal, rel=1e-3)
+        assert len(result["rss"]) == 8 and result["rss"][-1] <= 1.05 * result["rss"][1]
+    assert "phase 7 of 7 begins at epoch 7" in proc.stdout + proc.stderr

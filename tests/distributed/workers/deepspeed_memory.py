@@ -1,0 +1,107 @@
+"""One rank of an 8-phase DeepSpeed run (a head, then one of 7 layers per phase, AdamW): after every transition,
+this rank's resident memory (after ``gc.collect`` and ``malloc_trim``) and the bytes of fp32 masters and optimizer
+state it holds. Writes OUT/memory-rank{r}.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from fts_dist import DeepSpeedStrategy, FinetuningScheduler, FTSCheckpoint
+from fts_dist.adapters.deepspeed_engine import state_bytes, trim_host_memory
+from tests.worker_exit import finish_worker
+
+LAYERS, WIDTH = 7, 192
+
+
+class Tower(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = nn.Sequential(*(nn.Linear(WIDTH, WIDTH) for _ in range(LAYERS)))
+        self.head = nn.Linear(WIDTH, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layers(x))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self(x), y), sync_dist=True)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=1e-3)
+
+
+class MemoryMeter(pl.Callback):
+    """Runs after the scheduler's hook: what the rank holds once each phase's transition is done."""
+
+    def __init__(self) -> None:
+        self.rss: list[int] = []
+        self.state: list[dict[str, int]] = []
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trim_host_memory()
+        self.rss.append(psutil.Process().memory_info().rss)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainable = sum(
+            p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in pl_module.parameters() if p.requires_grad
+        )
+        self.state.append({"bytes": state_bytes(trainer.strategy.model), "trainable": trainable})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--stage", type=int, default=3)
+    args = parser.parse_args()
+    out = Path(args.out)
+    torch.set_num_threads(1)
+    schedule = {0: {"params": ["head.*"], "max_transition_epoch": 1}}
+    for phase in range(1, LAYERS + 1):
+        schedule[phase] = {"params": [f"layers.{LAYERS - phase}.*"], "max_transition_epoch": phase + 1, "lr": 1e-3}
+    world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    generator = torch.Generator().manual_seed(1)
+    data = TensorDataset(torch.randn(64, WIDTH, generator=generator), torch.randint(0, 4, (64,), generator=generator))
+    meter = MemoryMeter()
+    config = {"zero_optimization": {"stage": args.stage}, "train_micro_batch_size_per_gpu": 8}
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=world,
+        strategy=DeepSpeedStrategy(config=config, process_group_backend="gloo"),
+        max_epochs=LAYERS + 1,
+        use_distributed_sampler=False,
+        callbacks=[
+            FinetuningScheduler(ft_schedule=schedule, epoch_transitions_only=True),
+            FTSCheckpoint(monitor="val_loss", dirpath=out / "ckpts"),
+            meter,
+        ],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        default_root_dir=out,
+    )
+    loader = DataLoader(data, batch_size=8, sampler=DistributedSampler(data, world, rank, shuffle=False))
+    trainer.fit(Tower(), loader, DataLoader(data, batch_size=64))
+    result = {"world": world, "rss": meter.rss, "state": meter.state}
+    (out / f"memory-rank{trainer.global_rank}.json").write_text(json.dumps(result))
+    finish_worker()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""What the DeepSpeed adapter refuses before step 0, each with its message (no processes needed)."""
+
+from __future__ import annotations
+
+import importlib.util
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+from fts_dist import DeepSpeedStrategy, FTSConfigError
+from fts_dist.adapters import DeepSpeedAdapter
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="pip install fts-dist[deepspeed]")
+
+
+def adapter(config: dict[str, Any]) -> DeepSpeedAdapter:
+    return DeepSpeedAdapter(DeepSpeedStrategy(config=config))
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"optimizer": {"type": "AdamW"}}, "The DeepSpeed config has an `optimizer` block"),
+        ({"scheduler": {"type": "WarmupLR"}}, "The DeepSpeed config has an `scheduler` block"),
+        ({"fp16": {"enabled": True}}, "fp16 with dynamic loss scaling"),
+        ({"fp16": {"enabled": True, "loss_scale": 0}}, "Use bf16 .* or a static scale"),
+    ],
+)
+def test_configs_a_transition_cannot_keep_are_refused(config: dict[str, Any], message: str) -> None:
+    with pytest.raises(FTSConfigError, match=message):
+        adapter(config).validate_schedule(None, None)  # type: ignore[arg-type]
+
+
+def test_a_static_fp16_scale_and_bf16_are_accepted() -> None:
+    adapter({"fp16": {"enabled": True, "loss_scale": 128}}).validate_schedule(None, None)  # type: ignore[arg-type]
+    adapter({"bf16": {"enabled": True}}).validate_schedule(None, None)  # type: ignore[arg-type]
+
+
+def test_gradient_accumulation_that_does_not_divide_an_epoch_is_refused() -> None:
+    ds = adapter({})
+    ds.strategy.model = SimpleNamespace(gradient_accumulation_steps=lambda: 4)  # the engine's setting
+    with pytest.raises(FTSConfigError, match="over 4 batches does not divide the 10 training batches"):
+        ds.validate_training_loop(SimpleNamespace(num_training_batches=10))  # type: ignore[arg-type]
+    ds.validate_training_loop(SimpleNamespace(num_training_batches=12))  # type: ignore[arg-type]
+
+
+def test_an_empty_group_deepspeed_would_drop_is_refused_when_it_misaligns_the_scheduler() -> None:
+    """DeepSpeed drops parameter groups without parameters; the LR scheduler built on them keeps one entry more."""
+    weight = torch.nn.Parameter(torch.zeros(2))
+    client = torch.optim.SGD([{"params": [weight]}, {"params": []}], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(client, step_size=1)
+    client.param_groups[:] = [g for g in client.param_groups if g["params"]]  # what deepspeed.initialize does
+    trainer = SimpleNamespace(optimizers=[client], lr_scheduler_configs=[SimpleNamespace(scheduler=scheduler)])
+    with pytest.raises(FTSConfigError, match="returned 2 parameter groups, 1 of them without a trainable parameter"):
+        DeepSpeedAdapter.check_scheduler_alignment(trainer)  # type: ignore[arg-type]
