@@ -26,10 +26,12 @@ def add_demo_parser(commands: argparse._SubParsersAction) -> None:
     demo.add_argument(
         "--strategy",
         default="auto",
-        choices=("auto", "ddp", "fsdp2", "fsdp1"),  # fts_dist.demo.run.STRATEGIES, without importing it
+        choices=("auto", "ddp", "fsdp2", "fsdp1", "deepspeed"),  # fts_dist.demo.run.STRATEGIES, without importing it
         help="auto: DDP on several processes; fsdp2: FSDP2 (fully_shard per encoder layer); fsdp1: FSDP1 units per "
-        "encoder layer (torchrun --nproc_per_node 2 $(which fts-dist) demo --strategy fsdp2)",
+        "encoder layer; deepspeed: ZeRO (--zero-stage) "
+        "(torchrun --nproc_per_node 2 $(which fts-dist) demo --strategy fsdp2)",
     )
+    demo.add_argument("--zero-stage", type=int, default=2, choices=(1, 2, 3), help="with --strategy deepspeed")
     demo.add_argument("--full", action="store_true", help="the longer form: 4x the data, 128 tokens, 10 epochs")
     demo.add_argument("--max-epochs", type=int, default=None, help="override the number of epochs")
     demo.add_argument("--root-dir", default=None, help="where logs and checkpoints go (default: ./fts_dist_demo_logs)")
@@ -59,6 +61,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
         "root_dir": args.root_dir,
         "progress_bar": not args.no_progress_bar,
         "strategy": args.strategy,
+        "zero_stage": args.zero_stage,
     }
     if args.max_epochs is not None:
         overrides["max_epochs"] = args.max_epochs

@@ -23,10 +23,10 @@ from pytorch_lightning.strategies import ModelParallelStrategy
 from fts_dist.callbacks import FinetuningScheduler, FTSCheckpoint, FTSEarlyStopping
 from fts_dist.demo.progress import FTSProgressBar, PhaseSummary
 from fts_dist.runtime.elastic import init_process_group_for_attempt
-from fts_dist.strategies import FSDPStrategy
+from fts_dist.strategies import DeepSpeedStrategy, FSDPStrategy
 
 _MODES = ("schedule", "head-only", "full")
-STRATEGIES = ("auto", "ddp", "fsdp2", "fsdp1")
+STRATEGIES = ("auto", "ddp", "fsdp2", "fsdp1", "deepspeed")
 _DEFAULT_ROOT_DIR = "fts_dist_demo_logs"
 
 
@@ -46,7 +46,8 @@ class DemoConfig:
     patience: int = 1
     time_budget_s: float | None = None
     seed: int = 0
-    strategy: str = "auto"  # "auto" (DDP on several processes), "ddp", "fsdp2" or "fsdp1"
+    strategy: str = "auto"  # "auto" (DDP on several processes), "ddp", "fsdp2", "fsdp1" or "deepspeed"
+    zero_stage: int = 2  # with strategy="deepspeed"
     root_dir: str | None = None
     progress_bar: bool = True
     extra_callbacks: list[Any] = field(default_factory=list)
@@ -107,7 +108,7 @@ def _build_trainer(config: DemoConfig, root: Path) -> tuple[pl.Trainer, PhaseSum
         accelerator="auto",
         devices=devices,
         num_nodes=num_nodes,
-        strategy=_strategy(config.strategy, devices * num_nodes),
+        strategy=_strategy(config.strategy, devices * num_nodes, config.zero_stage),
         max_epochs=config.max_epochs,
         max_time=budget,
         callbacks=callbacks,
@@ -122,8 +123,12 @@ def _build_trainer(config: DemoConfig, root: Path) -> tuple[pl.Trainer, PhaseSum
     return trainer, summary
 
 
-def _strategy(name: str, processes: int) -> Any:
+def _strategy(name: str, processes: int, zero_stage: int = 2) -> Any:
     """The Lightning strategy for the demo's ``--strategy``; the module shards itself under FSDP2."""
+    if name == "deepspeed":
+        return DeepSpeedStrategy(
+            config={"zero_optimization": {"stage": zero_stage}, "train_micro_batch_size_per_gpu": 1}
+        )
     if name == "fsdp2":
         return ModelParallelStrategy(data_parallel_size=processes, tensor_parallel_size=1)
     if name == "fsdp1":
