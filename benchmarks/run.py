@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import overhead_and_peers, phase_costs, sharded_costs, time_to_accuracy
+from benchmarks import deepspeed_costs, overhead_and_peers, phase_costs, sharded_costs, time_to_accuracy
 from benchmarks.common import Section
 
 SECTIONS = {
@@ -26,6 +26,7 @@ SECTIONS = {
     "phases": phase_costs,
     "accuracy": time_to_accuracy,
     "sharded": sharded_costs,
+    "deepspeed": deepspeed_costs,
 }
 PREFACE = (
     "Written by `python -m benchmarks.run --markdown BENCHMARKS.md` (after `pip install -e '.[bench]'`); "

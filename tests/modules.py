@@ -61,11 +61,18 @@ def define_module(pl: ModuleType) -> type:
             self.records.append(
                 {
                     "epoch": self.current_epoch,
-                    "trainable": [n for n, p in self.named_parameters() if p.requires_grad],
+                    "trainable": self.trainable_names(),
                     "lrs": [round(g["lr"], 12) for g in optimizer.param_groups],
-                    "weights": {k: v.detach().clone() for k, v in self.state_dict().items()},
+                    "weights": self.whole_weights(),
                 }
             )
+
+        def trainable_names(self) -> list[str]:
+            return [n for n, p in self.named_parameters() if p.requires_grad]
+
+        def whole_weights(self) -> dict[str, torch.Tensor]:
+            """Every weight, whole (subclasses gather what a strategy shards)."""
+            return {k: v.detach().clone() for k, v in self.state_dict().items()}
 
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             self.steps += 1

@@ -12,13 +12,11 @@ from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
-from fts_dist.adapters.base import StrategyAdapter
-from fts_dist.adapters.torch_comm import TorchDistributedComm
-from fts_dist.coordinator import Comm
+from fts_dist.adapters.distributed import DistributedAdapter
 from fts_dist.errors import FTSConfigError
 
 
-class DDPAdapter(StrategyAdapter):
+class DDPAdapter(DistributedAdapter):
     """Applies phase plans under Lightning's ``DDPStrategy`` (``ddp``, ``ddp_spawn``, ``ddp_fork``, torchrun).
 
     DDP builds its gradient reducer from the parameters that require grad when it wraps the module, so a
@@ -29,15 +27,7 @@ class DDPAdapter(StrategyAdapter):
     the replica check runs before it: a divergence is reported, not silently overwritten.
     """
 
-    @property
-    @override
-    def comm(self) -> Comm:
-        return TorchDistributedComm()
-
-    @override
-    def validate_strategy(self, trainer: pl.Trainer) -> None:
-        if not isinstance(self.strategy, DDPStrategy):
-            raise FTSConfigError(f"DDPAdapter serves DDPStrategy, got {type(self.strategy).__name__}.")
+    serves = DDPStrategy
 
     @override
     def setup_optimizer(self, trainer: pl.Trainer, phase0_params: Sequence[str]) -> None:

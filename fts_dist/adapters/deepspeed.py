@@ -22,37 +22,27 @@ import torch
 from pytorch_lightning.strategies import DeepSpeedStrategy
 from typing_extensions import override
 
-from fts_dist.adapters.base import StrategyAdapter
 from fts_dist.adapters.deepspeed_engine import (
     group_parameters,
     rebuild_zero_optimizer,
     relink_after_load,
     zero_stage,
 )
+from fts_dist.adapters.distributed import DistributedAdapter
 from fts_dist.adapters.param_groups import PhaseGroup, extend_schedulers, lr_schedulers, truncate_schedulers
 from fts_dist.adapters.replicas import ReplicaView
 from fts_dist.adapters.sharded import stage_checkpoint_directories
-from fts_dist.adapters.torch_comm import TorchDistributedComm
-from fts_dist.coordinator import Comm
 from fts_dist.errors import FTSConfigError
 from fts_dist.schedule import Schedule
 
 
-class DeepSpeedAdapter(StrategyAdapter):
+class DeepSpeedAdapter(DistributedAdapter):
     """Applies phase plans under ``DeepSpeedStrategy`` (and :class:`fts_dist.DeepSpeedStrategy`, also on CPU).
 
     The optimizer comes from ``configure_optimizers`` (DeepSpeed wraps it), not from the DeepSpeed config.
     """
 
-    @property
-    @override
-    def comm(self) -> Comm:
-        return TorchDistributedComm()
-
-    @override
-    def validate_strategy(self, trainer: pl.Trainer) -> None:
-        if not isinstance(self.strategy, DeepSpeedStrategy):
-            raise FTSConfigError(f"DeepSpeedAdapter serves DeepSpeedStrategy, got {type(self.strategy).__name__}.")
+    serves = DeepSpeedStrategy
 
     @override
     def validate_schedule(self, schedule: Schedule, trainer: pl.Trainer) -> None:

@@ -171,20 +171,50 @@ def _create_state(engine: Any, snapshot: _Snapshot, kept: int) -> None:
 
 
 def _restore(engine: Any, snapshot: _Snapshot) -> None:
-    from deepspeed.utils import safe_get_local_fp32_param, safe_set_full_fp32_param, safe_set_full_optimizer_state
+    from deepspeed.utils import safe_get_local_fp32_param
 
     stage = zero_stage(engine)
     for param, saved in snapshot.tensors.values():
-        safe_set_full_fp32_param(param, saved["master"])
+        _set_full(engine, param, saved["master"], None)
         for key in snapshot.tensor_keys:
             if key in saved:
-                safe_set_full_optimizer_state(param, saved[key], key)
+                _set_full(engine, param, saved[key], key)
         if stage == 3:  # the weights the module computes with: this rank's partition, and the whole if gathered
             param.ds_tensor.data.copy_(safe_get_local_fp32_param(param).to(param.ds_tensor.dtype))  # type: ignore[attr-defined]
             if param.data.numel() == param.ds_numel:  # type: ignore[attr-defined]
                 param.data.copy_(saved["master"].view(param.ds_shape).to(param.dtype))  # type: ignore[attr-defined]
         else:
             param.data.copy_(saved["master"].view_as(param).to(param.dtype))
+
+
+def _set_full(engine: Any, param: torch.nn.Parameter, value: torch.Tensor, key: str | None) -> None:
+    """Set a parameter's whole fp32 master (``key=None``) or optimizer state entry.
+
+    ZeRO-3's whole-value setter does not pad: for a parameter whose size the ranks do not divide (a 5-class head's
+    bias), the last rank's slice runs past the end (``start (3) + length (3) exceeds dimension size (5)``). So under
+    ZeRO-3 each rank sets its own, padded partition.
+    """
+    from deepspeed.utils import (
+        safe_set_full_fp32_param,
+        safe_set_full_optimizer_state,
+        safe_set_local_fp32_param,
+        safe_set_local_optimizer_state,
+    )
+
+    if zero_stage(engine) != 3:
+        if key is None:
+            safe_set_full_fp32_param(param, value)
+        else:
+            safe_set_full_optimizer_state(param, value, key)
+        return
+    size = param.ds_tensor.numel()  # type: ignore[attr-defined]
+    start = engine.optimizer._get_param_partition_rank(param) * size
+    flat = value.flatten()
+    local = torch.nn.functional.pad(flat, (0, max(0, start + size - flat.numel())))[start : start + size]
+    if key is None:
+        safe_set_local_fp32_param(param, local)
+    else:
+        safe_set_local_optimizer_state(param, local, key)
 
 
 def _constructor_defaults(optimizer: torch.optim.Optimizer) -> dict[str, Any]:

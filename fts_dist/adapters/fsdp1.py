@@ -34,10 +34,12 @@ class FSDP1Adapter(ShardedAdapter):
     none). ``restore_best`` reads each rank's own shards with ``state_dict_type="sharded"``.
     """
 
+    serves = FSDPStrategy
+
     @override
     def validate_strategy(self, trainer: pl.Trainer) -> None:
-        if not isinstance(self.strategy, FSDPStrategy):
-            raise FTSConfigError(f"FSDP1Adapter serves FSDPStrategy, got {type(self.strategy).__name__}.")
+        super().validate_strategy(trainer)
+        assert isinstance(self.strategy, FSDPStrategy)
         if not self.strategy.kwargs.get("use_orig_params", True):
             raise FTSConfigError(
                 "FSDPStrategy(use_orig_params=False) flattens each unit into one parameter whose requires_grad must "

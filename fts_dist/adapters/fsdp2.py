@@ -53,10 +53,12 @@ class FSDP2Adapter(ShardedAdapter):
     checkpoint (``ModelParallelStrategy(save_distributed_checkpoint=True)``, the default).
     """
 
+    serves = ModelParallelStrategy
+
     @override
     def validate_strategy(self, trainer: pl.Trainer) -> None:
-        if not isinstance(self.strategy, ModelParallelStrategy):
-            raise FTSConfigError(f"FSDP2Adapter serves ModelParallelStrategy, got {type(self.strategy).__name__}.")
+        super().validate_strategy(trainer)
+        assert isinstance(self.strategy, ModelParallelStrategy)
         whole = not self.strategy._save_distributed_checkpoint
         self.warn_if_checkpoints_are_whole(whole, "save_distributed_checkpoint=False")
         # Lightning's sharded loader imports this deprecated alias on first use (0.1-0.8 s here): pay it at setup,

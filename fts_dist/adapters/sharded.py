@@ -19,17 +19,16 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch.distributed.checkpoint import CheckpointException, FileSystemReader
 from typing_extensions import override
 
-from fts_dist.adapters.base import StrategyAdapter
+from fts_dist.adapters.distributed import DistributedAdapter
 from fts_dist.adapters.param_groups import lr_schedulers, truncate_param_groups
 from fts_dist.adapters.strategy_hooks import wrap_lightning_method
-from fts_dist.adapters.torch_comm import TorchDistributedComm
 from fts_dist.checkpoint_io import publish, staging_path, tidy_checkpoint_directory
 from fts_dist.coordinator import Comm
 
 _OPTIMIZER_GROUPS_KEY = "optimizer_0.param_groups."  # how Lightning's sharded saves name the first optimizer's groups
 
 
-class ShardedAdapter(StrategyAdapter):
+class ShardedAdapter(DistributedAdapter):
     """The base of the FSDP2 and FSDP1 adapters (not registered for any strategy by itself)."""
 
     def warn_if_checkpoints_are_whole(self, whole: bool, setting: str) -> None:
@@ -41,11 +40,6 @@ class ShardedAdapter(StrategyAdapter):
                 "at a transition reads the whole file on every rank. Keep the sharded default to read only each "
                 "rank's shards."
             )
-
-    @property
-    @override
-    def comm(self) -> Comm:
-        return TorchDistributedComm()
 
     @override
     def prepare_checkpointing(self, trainer: pl.Trainer, before_resume_load: Callable[[dict[str, Any]], None]) -> None:

@@ -128,6 +128,7 @@ def plan_devices(
 def _needs_gpu_error(name: str, where: str) -> FTSConfigError:
     return FTSConfigError(
         f"strategy {name!r} needs CUDA GPUs and {where} has none: run it on a GPU node, or pick a strategy that "
-        "runs on CPU to develop here (ddp, ModelParallelStrategy for FSDP2, fts_dist.FSDPStrategy for FSDP1).",
+        "runs on CPU to develop here (ddp, ModelParallelStrategy for FSDP2, fts_dist.FSDPStrategy for FSDP1, "
+        "fts_dist.DeepSpeedStrategy).",
         key="strategy",
     )

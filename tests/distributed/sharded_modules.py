@@ -81,16 +81,11 @@ class ShardedRecorder(Recorder):
         plan = {"0": ColwiseParallel(), "1": RowwiseParallel(), "2": ColwiseParallel(), "3": RowwiseParallel()}
         parallelize_module(self.layers, self.device_mesh["tensor_parallel"], plan)
 
-    def on_train_epoch_start(self) -> None:
-        optimizer = self.trainer.optimizers[0]
-        self.records.append(
-            {
-                "epoch": self.current_epoch,
-                "trainable": [clean_tensor_name(n) for n, p in self.named_parameters() if p.requires_grad],
-                "lrs": [round(g["lr"], 12) for g in optimizer.param_groups],
-                "weights": full_state(self.trainer.strategy.model),
-            }
-        )
+    def trainable_names(self) -> list[str]:  # FSDP1 inserts wrapper names: the original ones
+        return [clean_tensor_name(n) for n in super().trainable_names()]
+
+    def whole_weights(self) -> dict[str, torch.Tensor]:
+        return full_state(self.trainer.strategy.model)
 
 
 class MixedPrecisionReference(Recorder):
@@ -130,13 +125,5 @@ def engine_full_state(module: nn.Module) -> dict[str, torch.Tensor]:
 class DeepSpeedRecorder(Recorder):
     """Recorder whose records hold the whole weights under every ZeRO stage."""
 
-    def on_train_epoch_start(self) -> None:
-        optimizer = self.trainer.optimizers[0]
-        self.records.append(
-            {
-                "epoch": self.current_epoch,
-                "trainable": [n for n, p in self.named_parameters() if p.requires_grad],
-                "lrs": [round(g["lr"], 12) for g in optimizer.param_groups],
-                "weights": engine_full_state(self),
-            }
-        )
+    def whole_weights(self) -> dict[str, torch.Tensor]:
+        return engine_full_state(self)

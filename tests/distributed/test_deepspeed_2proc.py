@@ -63,8 +63,9 @@ def test_a_kill_mid_write_keeps_the_last_deepspeed_checkpoint_and_the_resume_mat
 
 
 def test_seven_transitions_keep_memory_flat_and_frozen_parameters_hold_no_state(tmp_path: Path) -> None:
-    """ZeRO-3, AdamW: fp32 masters plus Adam state are exactly trainable x 12 bytes / world in every phase (frozen
-    parameters hold none), and resident memory after the last transition is within 5% of after the first."""
+    """ZeRO-3, AdamW: fp32 masters plus Adam state are trainable x 12 bytes / world in every phase (frozen
+    parameters hold none), and resident memory after the last transition is within 5% of after the first. The head
+    has 5 outputs, which 2 ranks do not divide: its restore goes through ZeRO-3's padded last partition."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
     command += ["--master_port", str(free_port()), str(MEMORY_WORKER), "--out", str(tmp_path), "--stage", "3"]
@@ -73,6 +74,7 @@ def test_seven_transitions_keep_memory_flat_and_frozen_parameters_hold_no_state(
     for rank in (0, 1):
         result = json.loads((tmp_path / f"memory-rank{rank}.json").read_text())
         ideal = [state["trainable"] * 12 / result["world"] for state in result["state"]]
-        assert [state["bytes"] for state in result["state"]] == pytest.approx(ideal, rel=1e-3)
+        # within ZeRO-3's padding of a partition the ranks do not divide (the 5-class head: one element)
+        assert [state["bytes"] for state in result["state"]] == pytest.approx(ideal, rel=2e-3)
         assert len(result["rss"]) == 8 and result["rss"][-1] <= 1.05 * result["rss"][1]
     assert "phase 7 of 7 begins at epoch 7" in proc.stdout + proc.stderr

@@ -14,6 +14,7 @@ import fts_dist
 from fts_dist import FTSConfigError
 from fts_dist.adapters import (
     DDPAdapter,
+    DeepSpeedAdapter,
     FSDP1Adapter,
     FSDP2Adapter,
     StrategyAdapter,
@@ -38,7 +39,8 @@ def test_known_strategies_and_their_subclasses_get_their_adapter() -> None:
 
 
 def test_subclasses_of_ddp_that_are_not_ddp_do_not_fall_through_to_its_adapter() -> None:
-    assert adapter_class_for(DeepSpeedStrategy) is None and adapter_class_for(XLAStrategy) is None
+    assert adapter_class_for(DeepSpeedStrategy) is adapter_class_for(fts_dist.DeepSpeedStrategy) is DeepSpeedAdapter
+    assert adapter_class_for(XLAStrategy) is None
 
 
 def test_a_strategy_without_adapter_is_refused_with_the_supported_list() -> None:
@@ -46,7 +48,10 @@ def test_a_strategy_without_adapter_is_refused_with_the_supported_list() -> None
         pass
 
     register_adapter(Exotic, None)
-    supported = "DDPStrategy, FSDPStrategy, ModelParallelStrategy, SingleDeviceStrategy, fts_dist.FSDPStrategy."
+    supported = (
+        "DDPStrategy, DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy, SingleDeviceStrategy, "
+        "fts_dist.DeepSpeedStrategy, fts_dist.FSDPStrategy."
+    )
     with pytest.raises(FTSConfigError, match=f"no adapter for strategy Exotic; supported: {supported} Pick"):
         resolve_adapter(Exotic("cpu"))
     with pytest.raises(FTSConfigError, match="no adapter for strategy XLAStrategy"):

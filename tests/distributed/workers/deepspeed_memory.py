@@ -30,7 +30,7 @@ class Tower(pl.LightningModule):
         super().__init__()
         torch.manual_seed(0)
         self.layers = nn.Sequential(*(nn.Linear(WIDTH, WIDTH) for _ in range(LAYERS)))
-        self.head = nn.Linear(WIDTH, 4)
+        self.head = nn.Linear(WIDTH, 5)  # 5 does not split over 2 ranks: ZeRO-3 pads the last partition
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.layers(x))
@@ -77,7 +77,7 @@ def main() -> None:
         schedule[phase] = {"params": [f"layers.{LAYERS - phase}.*"], "max_transition_epoch": phase + 1, "lr": 1e-3}
     world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
     generator = torch.Generator().manual_seed(1)
-    data = TensorDataset(torch.randn(64, WIDTH, generator=generator), torch.randint(0, 4, (64,), generator=generator))
+    data = TensorDataset(torch.randn(64, WIDTH, generator=generator), torch.randint(0, 5, (64,), generator=generator))
     meter = MemoryMeter()
     config = {"zero_optimization": {"stage": args.stage}, "train_micro_batch_size_per_gpu": 8}
     trainer = pl.Trainer(
