@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     model, data = demo_model_and_data(args.train_per_class)
     world = int(os.environ["WORLD_SIZE"])
     callbacks: list[Any] = []

@@ -4,7 +4,7 @@ At every transition the engine's ZeRO optimizer is rebuilt inside the live engin
 (:mod:`fts_dist.adapters.deepspeed_engine`): earlier groups keep their weights, fp32 masters and optimizer state,
 step counts included; the new phase's group starts fresh; frozen parameters hold no gradient buffer, no fp32 copy
 and no optimizer state on any rank. The documented alternative, frozen parameters in an ``lr=0`` group (DeepSpeed
-issue 2615), keeps their masters and state on every rank and advances Adam's step counts before they thaw.
+issue 2615), holds masters and state for them all along and advances Adam's step counts before they thaw.
 
 Checkpoints are DeepSpeed's own directories, written through a staging directory like sharded ones; a restore
 first rebuilds the optimizer with exactly the groups the checkpoint holds, then lets the engine load it (each rank
@@ -47,27 +47,23 @@ class DeepSpeedAdapter(DistributedAdapter):
     @override
     def validate_schedule(self, schedule: Schedule, trainer: pl.Trainer) -> None:
         """The DeepSpeed config, as Lightning completed it at setup (precision, batch sizes), before step 0."""
-        config: dict[str, Any] = self.strategy.config or {}  # type: ignore[attr-defined]
-        for block in ("optimizer", "scheduler"):
-            if block in config:
-                raise FTSConfigError(
-                    f"The DeepSpeed config has an `{block}` block. fts_dist adds an optimizer group at every phase "
-                    "and needs the optimizer (and LR scheduler) from `configure_optimizers`: remove the block and "
-                    "return them there.",
-                    key=block,
-                )
-        fp16 = config.get("fp16", {})
-        if fp16.get("enabled") and not fp16.get("loss_scale"):
-            raise FTSConfigError(
-                "fp16 with dynamic loss scaling: the loss scaler's state lives in the ZeRO optimizer that every "
-                "transition rebuilds, so it would start over at each phase. Use bf16 (precision='bf16-mixed'), or a "
-                "static scale (`fp16: {loss_scale: 128}` in the DeepSpeed config).",
-                key="fp16",
-            )
+        assert isinstance(self.strategy, DeepSpeedStrategy)
+        config: dict[str, Any] = self.strategy.config or {}
+        for problem, fix in _config_problems(config, self.strategy):
+            raise FTSConfigError(f"{problem} {fix}", key="deepspeed")
 
     @override
     def setup_optimizer(self, trainer: pl.Trainer, phase0_params: Sequence[str]) -> None:
         self.check_scheduler_alignment(trainer)
+        basic = self._engine().optimizer.optimizer  # the optimizer from configure_optimizers, inside ZeRO's
+        if not _rebuildable(basic):
+            raise FTSConfigError(
+                f"{type(basic).__name__} cannot be carried across a transition: each transition rebuilds the ZeRO "
+                "optimizer and restores Adam's or SGD's state. Use torch.optim.Adam, AdamW or SGD (dampening 0), or "
+                "DeepSpeed's DeepSpeedCPUAdam or FusedAdam.",
+                phase=0,
+                key="optimizer",
+            )
         super().setup_optimizer(trainer, phase0_params)
 
     @staticmethod
@@ -113,17 +109,30 @@ class DeepSpeedAdapter(DistributedAdapter):
         relink_after_load(self._engine())
 
     @override
+    def unused_parameters_are_fatal(self) -> bool:
+        config: dict[str, Any] = getattr(self.strategy, "config", None) or {}
+        return not config.get("zero_optimization", {}).get("ignore_unused_parameters", True)
+
+    @override
     def checkpoint_metadata(self, path: str) -> dict[str, Any]:
-        """The client state Lightning saved with the engine (callbacks, loops): in the model-states file."""
-        directory = Path(path) / (Path(path) / "latest").read_text().strip()
-        files = sorted(directory.glob("*model_states.pt"), key=lambda f: ("zero_pp_rank_" in f.name, f.name))
+        """The client state Lightning saved with the engine (callbacks, loops), in rank 0's model-states file."""
+        if not Path(path).is_dir():
+            return super().checkpoint_metadata(path)
+        files = _checkpoint_files(Path(path), rank=0)
         state = torch.load(files[0], map_location="cpu", weights_only=False, mmap=True)
-        return {k: v for k, v in state.items() if k not in ("module", "optimizer", "buffer_names", "param_shapes")}
+        return {k: v for k, v in state.items() if k not in _DEEPSPEED_KEYS}
 
     @override
     def load_checkpoint_state(self, path: str, phases: Sequence[Sequence[str]], trainer: pl.Trainer) -> None:
-        if not (Path(path) / "latest").is_file():
-            raise FileNotFoundError(f"'{path}' is not a DeepSpeed checkpoint directory (no 'latest' file)")
+        # each rank reads its own files: every rank checks them before any collective, and all agree
+        try:
+            _checkpoint_files(Path(path), rank=self.comm.rank)
+            failure = None
+        except (OSError, ValueError) as err:
+            failure = str(err)
+        failed = [(rank, message) for rank, message in enumerate(self.comm.all_gather(failure)) if message]
+        if failed:
+            raise FileNotFoundError(f"rank {failed[0][0]}: {failed[0][1]}")
         groups, current = self.group_count(len(phases) - 1), group_parameters(self._engine())
         if len(current) > groups:  # a checkpoint of an earlier phase: the optimizer gets its groups
             self._rebuild(trainer, [{"params": params} for params in current[:groups]])
@@ -133,9 +142,19 @@ class DeepSpeedAdapter(DistributedAdapter):
 
     @override
     def extend_optimizer(self, trainer: pl.Trainer, groups: Sequence[PhaseGroup]) -> None:
-        """One rebuild of the engine's ZeRO optimizer for all of ``groups`` (a rebuild is not cheap)."""
+        """One rebuild of the engine's ZeRO optimizer for all of ``groups`` in this call (a restore of an earlier
+        phase's checkpoint makes two calls: the groups it dropped, then the new phase's)."""
         current = [{"params": params} for params in group_parameters(self._engine())]
-        added = [{"params": list(group.params), "lr": group.lr, "initial_lr": group.lr} for group in groups]
+        named = "param_names" in self._engine().optimizer.param_groups[0]  # optimizers built from named_parameters()
+        added = [
+            {
+                "params": list(g.params),
+                "lr": g.lr,
+                "initial_lr": g.lr,
+                **({"param_names": list(g.names)} if named else {}),
+            }
+            for g in groups
+        ]
         self._rebuild(trainer, current + added)
         for group in groups:
             extend_schedulers(lr_schedulers(trainer), group.lr)
@@ -155,14 +174,86 @@ class DeepSpeedAdapter(DistributedAdapter):
         engine = self._engine()
         if engine.micro_steps % engine.gradient_accumulation_steps():
             raise FTSConfigError(
-                "A phase transition fell between two micro-batches of an accumulated step; make the epoch a "
-                "multiple of `accumulate_grad_batches`.",
+                "A phase transition fell between two micro-batches of an accumulated step (the epoch length changed, "
+                "or a resume restarted DeepSpeed's micro-step count): make every epoch a multiple of "
+                "`accumulate_grad_batches`, or resume from an epoch-end checkpoint.",
                 key="accumulate_grad_batches",
             )
+        schedulers = lr_schedulers(trainer)
+        self.strategy.optimizers = []  # Lightning's references to the old optimizer go before the new one is built
+        for scheduler in schedulers:
+            scheduler.optimizer = None
         optimizer = rebuild_zero_optimizer(engine, groups)
         self.strategy.optimizers = [optimizer]
-        for scheduler in lr_schedulers(trainer):
+        for scheduler in schedulers:
             scheduler.optimizer = optimizer.optimizer  # the groups it schedules are the new basic optimizer's
 
     def _engine(self) -> Any:
         return self.strategy.model
+
+
+_DEEPSPEED_KEYS = ("module", "optimizer", "buffer_names", "param_shapes", "frozen_param_shapes",
+                   "frozen_param_fragments", "shared_params", "ds_config", "ds_version", "lr_scheduler",
+                   "sparse_tensor_module_names", "skipped_steps", "global_steps", "global_samples", "dp_world_size",
+                   "mp_world_size")  # fmt: skip
+
+
+def _checkpoint_files(path: Path, rank: int) -> list[Path]:
+    """Rank ``rank``'s files of a DeepSpeed checkpoint directory (model states first); raise naming what is missing."""
+    latest = path / "latest"
+    if not latest.is_file():
+        raise FileNotFoundError(f"'{path}' is not a DeepSpeed checkpoint directory (no 'latest' file)")
+    directory = path / latest.read_text().strip()
+    names = [f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt", "mp_rank_00_model_states.pt"]
+    model = next((directory / n for n in names if (directory / n).is_file()), None)
+    optimizer = sorted(directory.glob(f"*zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"))
+    if model is None or not optimizer:
+        raise FileNotFoundError(f"'{directory}' lacks rank {rank}'s model or optimizer states")
+    return [model, *optimizer]
+
+
+def _rebuildable(optimizer: torch.optim.Optimizer) -> bool:
+    """Optimizers whose state a rebuild restores and whose fresh state the optimizer creates itself."""
+    names = {"Adam", "AdamW", "DeepSpeedCPUAdam", "FusedAdam"}
+    if type(optimizer).__name__ in names:
+        return True
+    return isinstance(optimizer, torch.optim.SGD) and all(not g.get("dampening") for g in optimizer.param_groups)
+
+
+def _config_problems(config: dict[str, Any], strategy: DeepSpeedStrategy) -> list[tuple[str, str]]:
+    """Each DeepSpeed setting a transition cannot carry, with its fix."""
+    zero = config.get("zero_optimization", {})
+    offload = zero.get("offload_optimizer", {}) or {}
+    fp16, autocast = config.get("fp16", {}), config.get("torch_autocast", {})
+    checks = [
+        ("optimizer" in config or "scheduler" in config,
+         "The DeepSpeed config has an `optimizer` or `scheduler` block.",
+         "fts_dist adds an optimizer group at every phase and needs the optimizer (and LR scheduler) from "
+         "`configure_optimizers`: remove the block and return them there."),
+        (fp16.get("enabled") and not fp16.get("loss_scale"),
+         "fp16 with dynamic loss scaling: the loss scaler's state lives in the ZeRO optimizer that every transition "
+         "rebuilds, so it would start over at each phase.",
+         "Use bf16 (precision='bf16-mixed'), or a static scale (`fp16: {loss_scale: 128}` in the DeepSpeed config)."),
+        (autocast.get("enabled") and "16" in str(autocast.get("dtype", "")) and "bf" not in str(autocast.get("dtype")),
+         "torch_autocast with fp16 keeps a dynamic GradScaler in the ZeRO optimizer, which every transition rebuilds.",
+         "Use bf16."),
+        (zero.get("stage", 0) < 1,
+         "ZeRO stage 0 has no ZeRO optimizer to rebuild at a transition.",
+         "Use stage 1, 2 or 3, or DDPStrategy for plain data parallelism."),
+        (getattr(strategy, "exclude_frozen_parameters", False),
+         "exclude_frozen_parameters=True leaves frozen parameters out of checkpoints, but restoring an earlier phase "
+         "needs the parameters a later phase thawed.",
+         "Leave exclude_frozen_parameters off."),
+        (getattr(strategy, "load_full_weights", False),
+         "load_full_weights=True reads single-file checkpoints, but transitions restore DeepSpeed's checkpoint "
+         "directories.",
+         "Leave load_full_weights off while fine-tuning with fts_dist."),
+        (offload.get("device") == "nvme" or offload.get("ratio", 1.0) < 1.0,
+         "Optimizer offload to NVMe, or partial offload (ratio < 1), keeps state where a transition's rebuild does not "
+         "read it.",
+         "Offload to `cpu` with ratio 1, or not at all."),
+        (bool(config.get("zenflow")) or bool(zero.get("super_offload")),
+         "ZenFlow and SuperOffload replace the ZeRO optimizer with their own, which a transition cannot rebuild.",
+         "Use plain ZeRO with `offload_optimizer: {device: cpu}`."),
+    ]  # fmt: skip
+    return [(problem, fix) for failing, problem, fix in checks if failing]

@@ -7,17 +7,18 @@ ZeRO-3). So :func:`rebuild_zero_optimizer` replaces only the ZeRO optimizer, ins
 own optimizer-configuration path, in four steps:
 
 1. snapshot, through DeepSpeed's tensor-fragment accessors, every kept parameter's fp32 master and optimizer state
-   (``safe_get_full_*``), and every group's settings and step count;
-2. ``destroy()`` the old ZeRO optimizer and build a new basic optimizer of the same class over the new groups,
-   then ``engine._configure_optimizer`` (which partitions it: fp32 masters and state for trainable parameters only);
-3. create the optimizer state of every flat partition (the optimizer creates it lazily, and ``safe_set_*`` needs
-   it), re-arm stage 1/2's state linking, restore the snapshot, and push the masters back into the weights;
+   (``safe_get_full_*`` under ZeRO 1/2, ``safe_get_local_*`` under ZeRO-3), and every group's settings and step
+   count, on the host;
+2. build a new basic optimizer of the same class over the new groups, ``destroy()`` the old ZeRO optimizer, then
+   ``engine._configure_optimizer`` (which partitions it: fp32 masters and state for trainable parameters only);
+3. create the kept groups' optimizer state (the optimizer creates it lazily, and ``safe_set_*`` needs it), re-arm
+   stage 1/2's state linking, restore the snapshot, and push the masters back into the weights;
 4. re-register the engine's gradient-accumulation hook, which the engine registers only once.
 
-Measured on this machine (DeepSpeed 0.19.8, CPU, gloo, 2 ranks): weights bitwise equal to a reference in every
-phase on stages 1, 2, 3 and stage 2 with optimizer offload; fp32 masters plus Adam state exactly trainable x 12
-bytes / world; no old optimizer alive after a rebuild. Everything here reaches into DeepSpeed internals and is
-tied to the DeepSpeed versions this module is tested with.
+Measured on this machine (DeepSpeed 0.19.8, CPU, gloo, 2 ranks; tests/distributed/test_deepspeed_2proc.py): final
+weights within 3e-8 of a one-process run on stages 1, 2 and 3 and with optimizer offload, restores of an earlier
+phase included; fp32 masters plus Adam state trainable x 12 bytes / world in every phase. Everything here reaches
+into DeepSpeed internals and is tied to the DeepSpeed versions this module is tested with.
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ import torch
 
 
 @dataclass
-class _Snapshot:
-    settings: list[dict[str, Any]]  # per group: hyperparameters (no params)
-    scalars: list[dict[str, Any]]  # per group: the optimizer state's scalar entries (Adam's step)
-    tensors: dict[int, tuple[torch.nn.Parameter, dict[str, torch.Tensor]]]  # id -> (param, master and state)
-    tensor_keys: tuple[str, ...]  # per-element state entries (exp_avg, exp_avg_sq, momentum_buffer, ...)
+class _Saved:
+    """One kept group: its settings, its state's scalar entries (Adam's ``step``), and per parameter the fp32
+    master and per-element state entries (whole tensors under ZeRO 1/2, this rank's partition under ZeRO-3)."""
+
+    settings: dict[str, Any]
+    scalars: dict[str, Any]
+    params: list[tuple[torch.nn.Parameter, dict[str, torch.Tensor]]]
 
 
 def zero_stage(engine: Any) -> int:
@@ -78,32 +81,33 @@ def rebuild_zero_optimizer(engine: Any, groups: Sequence[dict[str, Any]]) -> Any
     """Collective: give ``engine`` a new ZeRO optimizer over ``groups`` (dicts with ``params`` and settings).
 
     The first groups must hold exactly the parameters of the optimizer's first groups: they keep their settings,
-    fp32 masters and optimizer state (step counts included). Later groups are new and start fresh. Groups the old
-    optimizer had beyond ``len(groups)`` are dropped and their parameters frozen. Call it at an optimizer-step
-    boundary (no gradients pending). Returns the new ZeRO optimizer, also at ``engine.optimizer``.
+    fp32 masters and optimizer state (step counts included). Later groups are new; the optimizer creates their
+    state at its first step, as it would have. Groups the old optimizer had beyond ``len(groups)`` are dropped and
+    their parameters frozen. Call it at an optimizer-step boundary (no gradients pending). Returns the new ZeRO
+    optimizer, also at ``engine.optimizer``.
+
+    While it runs, a rank holds the kept groups' masters and state a second time: on the host (ZeRO 1/2 gather
+    each parameter whole; ZeRO-3 keeps to its own partitions).
     """
     old_params = group_parameters(engine)
     kept = min(len(old_params), len(groups))
     for index in range(kept):
         if {id(p) for p in groups[index]["params"]} != {id(p) for p in old_params[index]}:
             raise ValueError(f"optimizer group {index} does not hold the same parameters as before the rebuild")
-    snapshot = _snapshot(engine, kept)
-    old = engine.optimizer
-    basic_cls, basic_defaults = type(old.optimizer), _constructor_defaults(old.optimizer)
-    old.destroy()
-    del old
-    trainable = {id(p) for group in groups for p in group["params"]}
+    saved = _snapshot(engine, kept)
+    new_groups = [
+        {**group, **(saved[index].settings if index < kept else {}), "params": list(group["params"])}
+        for index, group in enumerate(groups)
+    ]
+    basic = type(engine.optimizer.optimizer)(new_groups, **_constructor_defaults(engine.optimizer.optimizer))
+    engine.optimizer.destroy()
+    engine.optimizer = engine.basic_optimizer = None  # nothing here keeps the old optimizer alive while the new builds
+    trainable = {id(p) for group in new_groups for p in group["params"]}
     for param in engine.module.parameters():
         param.grad = None
         param.requires_grad_(id(param) in trainable)
-    new_groups = []
-    for index, group in enumerate(groups):
-        settings = snapshot.settings[index] if index < kept else {}
-        new_groups.append({**group, **settings, "params": list(group["params"])})
-    basic = basic_cls(new_groups, **basic_defaults)
     engine._configure_optimizer(basic, [p for group in new_groups for p in group["params"]])
-    _create_state(engine, snapshot, kept)
-    _restore(engine, snapshot)
+    _restore(engine, saved)
     if getattr(engine, "_support_torch_style_backward", False):  # the engine registers it at __init__ only
         engine.optimizer.register_grad_acc_post_hook(engine._backward_post_hook)
     return engine.optimizer
@@ -126,74 +130,72 @@ def trim_host_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _snapshot(engine: Any, kept: int) -> _Snapshot:
-    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+def _snapshot(engine: Any, kept: int) -> list[_Saved]:
+    """Collective under ZeRO 1/2 (each parameter gathered whole); local under ZeRO-3."""
+    from deepspeed.utils import (
+        safe_get_full_fp32_param,
+        safe_get_full_optimizer_state,
+        safe_get_local_fp32_param,
+        safe_get_local_optimizer_state,
+    )
 
+    local = zero_stage(engine) == 3
     basic = engine.optimizer.optimizer
-    partitions = flat_partitions(engine)
-    scalars: list[dict[str, Any]] = [{} for _ in range(kept)]
-    tensor_keys: set[str] = set()
-    for group, flat in partitions:
-        for key, value in basic.state.get(flat, {}).items():
-            if torch.is_tensor(value) and value.shape == flat.shape:
-                tensor_keys.add(key)
-            elif group < kept:
-                scalars[group][key] = value.clone() if torch.is_tensor(value) else value
-    settings = [{k: v for k, v in group.items() if k != "params"} for group in engine.optimizer.param_groups]
-    tensors = {}
-    for index, params in enumerate(group_parameters(engine)[:kept]):
-        stateful = bool(scalars[index]) or any(basic.state.get(flat) for g, flat in partitions if g == index)
-        for param in params:
-            saved = {"master": safe_get_full_fp32_param(param).detach().clone()}
-            if stateful:
-                saved |= {key: safe_get_full_optimizer_state(param, key).detach().clone() for key in tensor_keys}
-            tensors[id(param)] = (param, saved)
-    return _Snapshot(settings[:kept], scalars, tensors, tuple(sorted(tensor_keys)))
-
-
-def _create_state(engine: Any, snapshot: _Snapshot, kept: int) -> None:
-    """Every partition gets its optimizer state now, shaped as the optimizer would create it: restored groups to
-    be overwritten, new groups as at their first step (zero moments, step 0)."""
-    if not snapshot.tensor_keys:
-        return  # nothing to restore: the optimizer creates its state at its first step
-    basic = engine.optimizer.optimizer
+    states: dict[int, dict[str, Any]] = {}
     for group, flat in flat_partitions(engine):
-        scalars = snapshot.scalars[group] if group < kept else {}
-        state: dict[str, Any] = {key: torch.zeros_like(flat) for key in snapshot.tensor_keys}
-        template = next((s for s in snapshot.scalars if s), {})
-        for key, value in template.items():
-            fresh = scalars.get(key, 0)
-            state[key] = torch.as_tensor(fresh, dtype=value.dtype).clone() if torch.is_tensor(value) else fresh
-        basic.state[flat] = state
-    if zero_stage(engine) in (1, 2):
-        engine.optimizer._hp_optimizer_states_linked = False
-        engine.optimizer._lazy_init_hp_params_optimizer_state()
+        states.setdefault(group, {}).update(basic.state.get(flat, {}))
+    saved = []
+    for index, params in enumerate(group_parameters(engine)[:kept]):
+        state = states.get(index, {})
+        keys = [k for k, v in state.items() if torch.is_tensor(v) and v.dim() > 0]
+        scalars = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in state.items() if k not in keys}
+        tensors = []
+        for param in params:
+            entry = {"master": safe_get_local_fp32_param(param) if local else safe_get_full_fp32_param(param)}
+            for key in keys:
+                get = safe_get_local_optimizer_state if local else safe_get_full_optimizer_state
+                entry[key] = get(param, key)
+            tensors.append((param, {k: v.detach().to("cpu", copy=True) for k, v in entry.items()}))
+        settings = {k: v for k, v in engine.optimizer.param_groups[index].items() if k != "params"}
+        saved.append(_Saved(settings, scalars, tensors))
+    return saved
 
 
-def _restore(engine: Any, snapshot: _Snapshot) -> None:
+def _restore(engine: Any, saved: list[_Saved]) -> None:
+    """Give the kept groups their state back (created first: the optimizer creates it lazily, and the setters
+    need it), and push the masters into the weights the module computes with."""
     from deepspeed.utils import safe_get_local_fp32_param
 
-    stage = zero_stage(engine)
-    for param, saved in snapshot.tensors.values():
-        _set_full(engine, param, saved["master"], None)
-        for key in snapshot.tensor_keys:
-            if key in saved:
-                _set_full(engine, param, saved[key], key)
-        if stage == 3:  # the weights the module computes with: this rank's partition, and the whole if gathered
-            param.ds_tensor.data.copy_(safe_get_local_fp32_param(param).to(param.ds_tensor.dtype))  # type: ignore[attr-defined]
-            if param.data.numel() == param.ds_numel:  # type: ignore[attr-defined]
-                param.data.copy_(saved["master"].view(param.ds_shape).to(param.dtype))  # type: ignore[attr-defined]
-        else:
-            param.data.copy_(saved["master"].view_as(param).to(param.dtype))
+    stage, basic = zero_stage(engine), engine.optimizer.optimizer
+    for group, flat in flat_partitions(engine):
+        if group < len(saved) and saved[group].params and len(saved[group].params[0][1]) > 1:
+            keys = [k for k in saved[group].params[0][1] if k != "master"]
+            basic.state[flat] = {**{k: torch.zeros_like(flat) for k in keys}, **_copies(saved[group].scalars)}
+    if stage in (1, 2):
+        engine.optimizer._hp_optimizer_states_linked = False
+        engine.optimizer._lazy_init_hp_params_optimizer_state()  # map each parameter onto the state just made
+    for entry in saved:
+        for param, tensors in entry.params:
+            for key, value in tensors.items():
+                _set(engine, param, value, None if key == "master" else key)
+            if stage == 3:  # the weights the module computes with: this rank's partition, and the whole if gathered
+                param.ds_tensor.data.copy_(safe_get_local_fp32_param(param).to(param.ds_tensor.dtype))  # type: ignore[attr-defined]
+                if param.data.numel() == param.ds_numel:  # type: ignore[attr-defined]
+                    whole = engine.optimizer.get_full_hp_param(param)
+                    param.data.copy_(whole.view(param.ds_shape).to(param.dtype))  # type: ignore[attr-defined]
+            else:
+                param.data.copy_(tensors["master"].view_as(param).to(param.dtype))
+    if stage in (1, 2):  # new groups have no state yet: link them too once the optimizer made it (first step)
+        engine.optimizer._hp_optimizer_states_linked = False
 
 
-def _set_full(engine: Any, param: torch.nn.Parameter, value: torch.Tensor, key: str | None) -> None:
-    """Set a parameter's whole fp32 master (``key=None``) or optimizer state entry.
+def _copies(scalars: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.clone() if torch.is_tensor(v) else v) for k, v in scalars.items()}
 
-    ZeRO-3's whole-value setter does not pad: for a parameter whose size the ranks do not divide (a 5-class head's
-    bias), the last rank's slice runs past the end (``start (3) + length (3) exceeds dimension size (5)``). So under
-    ZeRO-3 each rank sets its own, padded partition.
-    """
+
+def _set(engine: Any, param: torch.nn.Parameter, value: torch.Tensor, key: str | None) -> None:
+    """Set a parameter's fp32 master (``key=None``) or one optimizer state entry: whole under ZeRO 1/2, this rank's
+    partition under ZeRO-3 (as :func:`_snapshot` took it)."""
     from deepspeed.utils import (
         safe_set_full_fp32_param,
         safe_set_full_optimizer_state,
@@ -201,28 +203,23 @@ def _set_full(engine: Any, param: torch.nn.Parameter, value: torch.Tensor, key: 
         safe_set_local_optimizer_state,
     )
 
-    if zero_stage(engine) != 3:
-        if key is None:
-            safe_set_full_fp32_param(param, value)
-        else:
-            safe_set_full_optimizer_state(param, value, key)
-        return
-    size = param.ds_tensor.numel()  # type: ignore[attr-defined]
-    start = engine.optimizer._get_param_partition_rank(param) * size
-    flat = value.flatten()
-    local = torch.nn.functional.pad(flat, (0, max(0, start + size - flat.numel())))[start : start + size]
+    local = zero_stage(engine) == 3
     if key is None:
-        safe_set_local_fp32_param(param, local)
+        (safe_set_local_fp32_param if local else safe_set_full_fp32_param)(param, value)
     else:
-        safe_set_local_optimizer_state(param, local, key)
+        (safe_set_local_optimizer_state if local else safe_set_full_optimizer_state)(param, value, key)
 
 
 def _constructor_defaults(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """The optimizer's defaults that its constructor accepts (AdamW's defaults hold ``decoupled_weight_decay``,
-    which its constructor refuses)."""
+    which its constructor refuses), and what DeepSpeed's Adams keep outside their defaults."""
     accepted = inspect.signature(type(optimizer).__init__).parameters
     defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
-    for attribute in ("adamw_mode", "fp32_optimizer_states"):  # DeepSpeedCPUAdam keeps these outside defaults
+    mode = getattr(optimizer, "adam_w_mode", None)  # DeepSpeedCPUAdam and FusedAdam keep AdamW-or-L2 here
+    for argument in ("adamw_mode", "adam_w_mode"):
+        if mode is not None and argument in accepted:
+            defaults[argument] = bool(mode)
+    for attribute in ("fp32_optimizer_states", "set_grad_none"):
         if attribute in accepted and hasattr(optimizer, attribute):
             defaults[attribute] = getattr(optimizer, attribute)
     return defaults

@@ -41,6 +41,13 @@ class DeepSpeedStrategy(pl.strategies.DeepSpeedStrategy):
             super().setup_environment()
             return
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before DeepSpeed picks its accelerator
+        from deepspeed.accelerator import get_accelerator
+
+        if get_accelerator().device_name() != "cpu":
+            raise RuntimeError(
+                f"DeepSpeed already chose its {get_accelerator().device_name()!r} accelerator in this process, but the "
+                "trainer runs on CPU: set DS_ACCELERATOR=cpu before anything imports deepspeed."
+            )
         DDPStrategy.setup_environment(self)  # everything but the CUDA check
 
     @override

@@ -88,14 +88,16 @@ class ShardedRecorder(Recorder):
         return full_state(self.trainer.strategy.model)
 
 
-class MixedPrecisionReference(Recorder):
-    """One process computing what FSDP2 with ``MixedPrecisionPolicy(bf16, reduce fp32)`` computes on ``world``
-    ranks: each rank's share of the global batch runs forward and backward in bf16, gradients are cast to fp32 and
-    averaged, and the optimizer steps the fp32 weights."""
+class PerRankReference(Recorder):
+    """One process computing what ``world`` data-parallel ranks compute: each rank's share of the global batch
+    runs forward and backward (in ``dtype``: bf16 is what FSDP2's ``MixedPrecisionPolicy(bf16, reduce fp32)``
+    computes), gradients are cast to fp32 and averaged, and the optimizer steps the fp32 weights. With Adam this,
+    not one mean over the whole batch, is what the ranks compute to the last bit (Adam magnifies the rounding where
+    its variance is small)."""
 
-    def __init__(self, *args: Any, world: int = 2, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, world: int = 2, dtype: torch.dtype = torch.bfloat16, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.world = world
+        self.world, self.compute_dtype = world, dtype
         self.automatic_optimization = False
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
@@ -104,8 +106,8 @@ class MixedPrecisionReference(Recorder):
         trainable = [p for p in self.layers.parameters() if p.requires_grad]
         total = [torch.zeros_like(p) for p in trainable]
         for x, y in zip(*(t.chunk(self.world) for t in batch), strict=True):
-            shadow = copy.deepcopy(self.layers).to(torch.bfloat16)
-            nn.functional.cross_entropy(shadow(x.to(torch.bfloat16)), y).backward()
+            shadow = copy.deepcopy(self.layers).to(self.compute_dtype)
+            nn.functional.cross_entropy(shadow(x.to(self.compute_dtype)), y).backward()
             for sum_, p in zip(total, [p for p in shadow.parameters() if p.requires_grad], strict=True):
                 sum_ += p.grad.float()
         for p, sum_ in zip(trainable, total, strict=True):

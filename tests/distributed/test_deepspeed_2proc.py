@@ -48,6 +48,18 @@ def test_every_zero_stage_restores_an_earlier_phase_with_an_lr_scheduler(
     assert "phase 2 of 2 begins at epoch 4: 202 trainable parameters in 8 tensors, 3 optimizer groups" in run.output
 
 
+def test_adamw_moments_and_step_counts_survive_every_rebuild_with_offload(tmp_path: Path) -> None:
+    """ZeRO-2 with optimizer offload, AdamW, a restore of phase 0's checkpoint at phase 2: against one process that
+    averages the ranks' per-rank gradients (with Adam, what the ranks compute to the last bit)."""
+    args = ("--mode", "early-stopping-stale", "--max-epochs", "6", "--optimizer", "adamw")
+    run = launch(tmp_path, "--strategy", "zero2", "--offload", *args)
+    assert run.returncode == 0, run.output[-3000:]
+    reference = launch(tmp_path, *args, reference=True)
+    assert reference.returncode == 0, reference.output[-3000:]
+    assert_matches(run, reference.reference(), STALE_DEPTHS)
+    assert run.rank(0)["optimizer"] == "DeepSpeedZeroOptimizer"
+
+
 def test_a_kill_mid_write_keeps_the_last_deepspeed_checkpoint_and_the_resume_matches(
     tmp_path: Path, stale_reference: Run
 ) -> None:

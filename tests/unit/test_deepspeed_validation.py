@@ -15,22 +15,30 @@ from fts_dist.adapters import DeepSpeedAdapter
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="pip install fts-dist[deepspeed]")
 
 
-def adapter(config: dict[str, Any]) -> DeepSpeedAdapter:
-    return DeepSpeedAdapter(DeepSpeedStrategy(config=config))
+def adapter(config: dict[str, Any], **strategy: Any) -> DeepSpeedAdapter:
+    return DeepSpeedAdapter(DeepSpeedStrategy(config={"zero_optimization": {"stage": 2}, **config}, **strategy))
 
 
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"optimizer": {"type": "AdamW"}}, "The DeepSpeed config has an `optimizer` block"),
-        ({"scheduler": {"type": "WarmupLR"}}, "The DeepSpeed config has an `scheduler` block"),
+        ({"optimizer": {"type": "AdamW"}}, "The DeepSpeed config has an `optimizer` or `scheduler` block"),
+        ({"scheduler": {"type": "WarmupLR"}}, "needs the optimizer .* from `configure_optimizers`"),
         ({"fp16": {"enabled": True}}, "fp16 with dynamic loss scaling"),
         ({"fp16": {"enabled": True, "loss_scale": 0}}, "Use bf16 .* or a static scale"),
+        ({"zero_optimization": {"stage": 0}}, "ZeRO stage 0 has no ZeRO optimizer to rebuild"),
+        ({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "nvme"}}}, "NVMe"),
+        ({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu", "ratio": 0.5}}}, "partial offload"),
     ],
 )
 def test_configs_a_transition_cannot_keep_are_refused(config: dict[str, Any], message: str) -> None:
     with pytest.raises(FTSConfigError, match=message):
         adapter(config).validate_schedule(None, None)  # type: ignore[arg-type]
+
+
+def test_checkpoints_without_frozen_parameters_are_refused() -> None:
+    with pytest.raises(FTSConfigError, match="exclude_frozen_parameters=True leaves frozen parameters out"):
+        adapter({}, exclude_frozen_parameters=True).validate_schedule(None, None)  # type: ignore[arg-type]
 
 
 def test_a_static_fp16_scale_and_bf16_are_accepted() -> None:
@@ -55,3 +63,18 @@ def test_an_empty_group_deepspeed_would_drop_is_refused_when_it_misaligns_the_sc
     trainer = SimpleNamespace(optimizers=[client], lr_scheduler_configs=[SimpleNamespace(scheduler=scheduler)])
     with pytest.raises(FTSConfigError, match="returned 2 parameter groups, 1 of them without a trainable parameter"):
         DeepSpeedAdapter.check_scheduler_alignment(trainer)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "accepted"),
+    [
+        (lambda p: torch.optim.AdamW(p), True),
+        (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), True),
+        (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, dampening=0.5), False),
+        (lambda p: torch.optim.NAdam(p), False),
+    ],
+)
+def test_only_optimizers_a_rebuild_carries_over_are_accepted(optimizer: Any, accepted: bool) -> None:
+    from fts_dist.adapters.deepspeed import _rebuildable
+
+    assert _rebuildable(optimizer([torch.nn.Parameter(torch.zeros(2))])) is accepted

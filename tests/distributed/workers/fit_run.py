@@ -27,7 +27,7 @@ from fts_dist import DeepSpeedStrategy, FinetuningScheduler, FSDPStrategy, FTSCh
 from fts_dist.adapters import StrategyAdapter, register_adapter
 from tests.distributed.sharded_modules import (
     DeepSpeedRecorder,
-    MixedPrecisionReference,
+    PerRankReference,
     Recorder,
     ShardedRecorder,
     engine_full_state,
@@ -98,6 +98,8 @@ def scheduler_factory(name: str) -> Any:
 
 
 def optimizer_factory(args: argparse.Namespace) -> Any:
+    if args.optimizer == "adamw":
+        return lambda params, lr: torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     if args.optimizer == "zero" and not args.reference:
         return lambda params, lr: ZeroRedundancyOptimizer(params, torch.optim.SGD, lr=lr, momentum=0.9)
     if args.optimizer == "oss" and not args.reference:
@@ -173,14 +175,15 @@ def build_strategy(args: argparse.Namespace) -> Any:
 
 def build_model(args: argparse.Namespace) -> Any:
     common = {"lr": 0.05, "scheduler": scheduler_factory(args.scheduler), "scripted_val_loss": SCRIPTS.get(args.mode)}
-    if args.reference and args.bf16:
-        return MixedPrecisionReference(world=WORLD, **common)  # what FSDP2's bf16 computes on WORLD ranks
-    if args.strategy in DEEPSPEED and not args.reference:
-        return DeepSpeedRecorder(**common)
+    if args.reference and (args.bf16 or args.optimizer == "adamw"):  # what WORLD ranks compute, to the last bit
+        dtype = torch.bfloat16 if args.bf16 else torch.float32
+        return PerRankReference(world=WORLD, dtype=dtype, optimizer=optimizer_factory(args), **common)
     if args.strategy in SHARDED and not args.reference:
         plain = "layers.2.bias" if args.plant == "mixed" else None
         layout = {"layout": args.strategy, "offload": args.offload, "own_roots": args.own_roots, "plain": plain}
         return ShardedRecorder(bf16=args.bf16, **layout, **common)
+    if args.strategy in DEEPSPEED and not args.reference:
+        return DeepSpeedRecorder(optimizer=optimizer_factory(args), **common)
     return Recorder(optimizer=optimizer_factory(args), **common)
 
 
@@ -192,7 +195,7 @@ def main() -> None:
     parser.add_argument("--strategy", choices=["ddp", *SHARDED, *DEEPSPEED], default="ddp")
     parser.add_argument("--mode", choices=["epochs", *SCRIPTS], default="epochs")
     parser.add_argument("--scheduler", default="none")
-    parser.add_argument("--optimizer", choices=["sgd", "zero", "oss"], default="sgd")
+    parser.add_argument("--optimizer", choices=["sgd", "zero", "oss", "adamw"], default="sgd")
     parser.add_argument("--naive", action="store_true", help="thaw without the DDP adapter (expected to diverge)")
     parser.add_argument(
         "--plant", choices=["none", "mismatch", "raise", "unused", "trainable", "mixed"], default="none"
