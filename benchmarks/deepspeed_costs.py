@@ -15,7 +15,7 @@ STAGES = (1, 2, 3)
 
 
 def run(quick: bool, out: Path) -> list[Section]:
-    per_class = ["--train-per-class", "16" if quick else "32"]
+    per_class = ["--train-per-class", "16" if quick else "64"]
     ours: dict[int, list[dict[str, Any]]] = {}
     for stage in STAGES:
         work = out / f"stage{stage}"

@@ -117,10 +117,8 @@ def relink_after_load(engine: Any) -> None:
     """After ``engine.load_checkpoint``: stage 1/2 re-link their parameter mappings but not the optimizer state's
     (the "linked" flag stays set), so the state accessors fail (``TypeError: argument of type 'NoneType' is not
     iterable``) until it is re-armed."""
-    optimizer = engine.optimizer
-    if zero_stage(engine) in (1, 2) and all(optimizer.optimizer.state.get(t) for _, t in flat_partitions(engine)):
-        optimizer._hp_optimizer_states_linked = False
-        optimizer._lazy_init_hp_params_optimizer_state()
+    if zero_stage(engine) in (1, 2):
+        _link_state(engine)
 
 
 def trim_host_memory() -> None:
@@ -140,6 +138,8 @@ def _snapshot(engine: Any, kept: int) -> list[_Saved]:
     )
 
     local = zero_stage(engine) == 3
+    if not local:  # ZeRO 1/2 map each parameter onto the optimizer state as it was at its last link: map it anew
+        _link_state(engine)
     basic = engine.optimizer.optimizer
     states: dict[int, dict[str, Any]] = {}
     for group, flat in flat_partitions(engine):
@@ -172,8 +172,7 @@ def _restore(engine: Any, saved: list[_Saved]) -> None:
             keys = [k for k in saved[group].params[0][1] if k != "master"]
             basic.state[flat] = {**{k: torch.zeros_like(flat) for k in keys}, **_copies(saved[group].scalars)}
     if stage in (1, 2):
-        engine.optimizer._hp_optimizer_states_linked = False
-        engine.optimizer._lazy_init_hp_params_optimizer_state()  # map each parameter onto the state just made
+        _link_state(engine)  # map each parameter onto the state just made
     for entry in saved:
         for param, tensors in entry.params:
             for key, value in tensors.items():
@@ -185,8 +184,14 @@ def _restore(engine: Any, saved: list[_Saved]) -> None:
                     param.data.copy_(whole.view(param.ds_shape).to(param.dtype))  # type: ignore[attr-defined]
             else:
                 param.data.copy_(tensors["master"].view_as(param).to(param.dtype))
-    if stage in (1, 2):  # new groups have no state yet: link them too once the optimizer made it (first step)
-        engine.optimizer._hp_optimizer_states_linked = False
+
+
+def _link_state(engine: Any) -> None:
+    """ZeRO 1/2: map every parameter onto its group's optimizer state as it is now. DeepSpeed links once, after
+    its first per-group step, when later groups may have no state yet; new groups' state comes at their first step,
+    after a rebuild, so the mapping is made again before it is read."""
+    engine.optimizer._hp_optimizer_states_linked = False
+    engine.optimizer._lazy_init_hp_params_optimizer_state()
 
 
 def _copies(scalars: dict[str, Any]) -> dict[str, Any]:

@@ -209,6 +209,7 @@ def main() -> None:
     parser.add_argument("--misaligned", action="store_true", help="FSDP1: one unit for all layers")
     parser.add_argument("--kill-writing-last-at", type=int, default=None, help="SIGKILL rank 0 mid-write")
     parser.add_argument("--resume", action="store_true", help="fit(ckpt_path='last') from OUT/ckpts")
+    parser.add_argument("--no-restore", action="store_true", help="restore_best=False")
     args = parser.parse_args()
     out = Path(args.out)
     torch.set_num_threads(1)
@@ -225,7 +226,7 @@ def main() -> None:
             ft_schedule=schedule,
             epoch_transitions_only=args.mode == "epochs",
             check_replicas=not args.naive,
-            restore_best=args.plant != "mismatch",
+            restore_best=args.plant != "mismatch" and not args.no_restore,
         ),  # a restore would heal the planted fault
         FTSCheckpoint(monitor="val_loss", dirpath=out / "ckpts"),
     ]
