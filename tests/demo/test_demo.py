@@ -67,15 +67,12 @@ def test_the_demo_command_runs_unchanged_under_torchrun_on_two_processes(tmp_pat
 
 @pytest.mark.distributed
 @pytest.mark.timeout(420)
-@pytest.mark.parametrize(
-    ("strategy", "pattern"), [("fsdp2", "*.distcp"), ("deepspeed", "*/*optim_states.pt")], ids=["fsdp2", "deepspeed"]
-)
+@pytest.mark.parametrize(("strategy", "pattern"), [("fsdp2", "*.distcp")], ids=["fsdp2"])
 def test_the_demo_runs_sharded_on_two_processes(tmp_path: Path, strategy: str, pattern: str) -> None:
-    """`torchrun --nproc_per_node 2 $(which fts-dist) demo --strategy fsdp2|deepspeed`, cut to the first transition:
-    phase 1 thaws two encoder layers (FSDP2: their DTensor shards; DeepSpeed ZeRO-2: a rebuilt ZeRO optimizer) and
-    restores phase 0's best checkpoint, each rank reading its own shards or partitions."""
-    if strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
-        pytest.skip("pip install 'fts-dist[deepspeed]'")
+    """`torchrun --nproc_per_node 2 $(which fts-dist) demo --strategy fsdp2`, cut to the first transition: phase 1
+    thaws two encoder layers' DTensor shards and restores phase 0's best checkpoint, each rank reading its own
+    shards. (`--strategy deepspeed` takes the same path with a rebuilt ZeRO optimizer; it runs in 70 s here, left
+    out of CI for time: tests/distributed/test_deepspeed_2proc.py covers the adapter.)"""
     fts_dist_script = shutil.which("fts-dist", path=str(Path(sys.executable).parent))
     assert fts_dist_script
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", fts_dist_script]

@@ -44,9 +44,7 @@ def test_zero1_carries_every_group_across_transitions_without_a_restore(tmp_path
     assert_matches(run, reference.reference(), [0, 1, 1, 2, 2])
 
 
-@pytest.mark.parametrize(
-    "stage", [("zero2",), ("zero3",), ("zero3", "--offload")], ids=["zero2", "zero3", "zero3-offload"]
-)
+@pytest.mark.parametrize("stage", [("zero2",), ("zero3", "--offload")], ids=["zero2", "zero3-offload"])
 def test_every_zero_stage_restores_an_earlier_phase_with_an_lr_scheduler(
     tmp_path: Path, stale_reference: Run, stage: tuple[str, ...]
 ) -> None:
