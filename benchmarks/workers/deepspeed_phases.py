@@ -11,16 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 
-from benchmarks.workers.demo_phases import SCHEDULE, demo_model_and_data
+from benchmarks.workers.demo_phases import SCHEDULE, demo_model_and_data, finish_distributed_worker, freeze_to_depth
 from fts_dist import DeepSpeedStrategy, FinetuningScheduler, FTSCheckpoint
 from fts_dist.adapters.deepspeed_engine import state_bytes
 
@@ -64,9 +62,7 @@ def main() -> None:
         callbacks += [scheduler, FTSCheckpoint(monitor="val_loss", dirpath=out / "ckpt", save_top_k=0)]
         meter = StepMeter(lambda: scheduler.curr_depth)
     else:
-        patterns = [p for d in range(args.depth + 1) for p in SCHEDULE[d]["params"]]
-        for name, param in model.named_parameters():
-            param.requires_grad_(any(re.fullmatch(p, name) for p in patterns))
+        freeze_to_depth(model, args.depth)
         meter = StepMeter(lambda: args.depth)
     config = {"zero_optimization": {"stage": args.stage}, "train_micro_batch_size_per_gpu": 16}
     trainer = pl.Trainer(
@@ -88,10 +84,7 @@ def main() -> None:
         result["transitions"] = scheduler.transition_seconds
     name = args.variant if scheduler else f"plain-{args.depth}"
     (out / f"deepspeed-{name}-rank{trainer.global_rank}.json").write_text(json.dumps(result))
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-    os._exit(0)
+    finish_distributed_worker()
 
 
 if __name__ == "__main__":

@@ -81,6 +81,21 @@ def demo_model_and_data(train_per_class: int) -> tuple[TextClassifier, BBCNewsDa
     return TextClassifier(path, num_classes=len(TOPICS)), BBCNewsDataModule(path, train_per_class, 8, 48, 16)
 
 
+def freeze_to_depth(model: torch.nn.Module, depth: int) -> None:
+    """Make exactly the parameters of phases 0..``depth`` of :data:`SCHEDULE` trainable (the plain baselines)."""
+    patterns = [p for d in range(depth + 1) for p in SCHEDULE[d]["params"]]
+    for name, param in model.named_parameters():
+        param.requires_grad_(any(re.fullmatch(p, name) for p in patterns))
+
+
+def finish_distributed_worker() -> None:
+    """Leave the process group together and exit without interpreter teardown (gloo can abort there)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    os._exit(0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--variant", choices=["fts_dist", "plain"], required=True)
@@ -98,9 +113,7 @@ def main() -> None:
         callbacks += [scheduler, checkpoint]
         meter = PhaseMeter(lambda: scheduler.curr_depth, lambda: checkpoint.best_model_path)
     else:
-        patterns = [p for d in range(args.depth + 1) for p in SCHEDULE[d]["params"]]
-        for name, param in model.named_parameters():
-            param.requires_grad_(any(re.fullmatch(p, name) for p in patterns))
+        freeze_to_depth(model, args.depth)
         meter = PhaseMeter(lambda: args.depth, lambda: "")
     trainer = pl.Trainer(
         accelerator="cpu",

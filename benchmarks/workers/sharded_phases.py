@@ -23,7 +23,7 @@ import torch.distributed.checkpoint
 from pytorch_lightning.strategies import DDPStrategy, ModelParallelStrategy
 from torch.distributed.tensor import DTensor
 
-from benchmarks.workers.demo_phases import SCHEDULE, demo_model_and_data
+from benchmarks.workers.demo_phases import SCHEDULE, demo_model_and_data, finish_distributed_worker
 from fts_dist import FinetuningScheduler, FTSCheckpoint
 from fts_dist.adapters import StrategyAdapter
 
@@ -139,10 +139,7 @@ def main() -> None:
         transition["shard_read_s"] = shard_read_seconds(Path(transition["path"]), rank)
     result = {"world": world, "phases": meter.phases, "transitions": transitions}
     (out / f"sharded-{args.strategy}-rank{rank}.json").write_text(json.dumps(result))
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-    os._exit(0)
+    finish_distributed_worker()
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 
 from fts_dist.callbacks.checkpoint import FTSCheckpoint
 from fts_dist.callbacks.early_stopping import FTSEarlyStopping
+from fts_dist.errors import FTSConfigError
 
 _DEFAULT_MONITOR = "val_loss"
 
@@ -67,6 +68,17 @@ def ensure_callbacks(
     for callback in added:
         callback.setup(trainer, pl_module, stage)
     return early_stopping, checkpoint
+
+
+def check_keeps_a_best_checkpoint(checkpoint: FTSCheckpoint) -> None:
+    """``restore_best=True`` needs a checkpoint callback that keeps a best checkpoint to restore."""
+    if not checkpoint.save_top_k or not checkpoint.monitor:
+        raise FTSConfigError(
+            "restore_best=True needs an FTSCheckpoint that keeps a best checkpoint, but it has "
+            f"monitor={checkpoint.monitor!r}, save_top_k={checkpoint.save_top_k!r}. Give it a `monitor` and "
+            "save_top_k >= 1, or set restore_best=False.",
+            key="restore_best",
+        )
 
 
 def _carried_settings(plain: Sequence[Callback], arg_to_attr: dict[str, str], kind: str) -> dict[str, Any]:

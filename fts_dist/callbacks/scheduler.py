@@ -17,7 +17,7 @@ from typing_extensions import override
 from fts_dist.adapters import StrategyAdapter, resolve_adapter
 from fts_dist.adapters.param_groups import GroupSettings
 from fts_dist.callbacks.checkpoint import FTSCheckpoint
-from fts_dist.callbacks.dependencies import ensure_callbacks
+from fts_dist.callbacks.dependencies import check_keeps_a_best_checkpoint, ensure_callbacks
 from fts_dist.callbacks.early_stopping import FTSEarlyStopping
 from fts_dist.coordinator import (
     CheckpointRef,
@@ -212,7 +212,8 @@ class FinetuningScheduler(Callback):
                 f"fts_dist: {len(resolved.unscheduled)} parameter(s) are in no phase and stay frozen: "
                 f"{list(resolved.unscheduled)}"
             )
-        self._check_restore_best(self.checkpoint)
+        if self.restore_best:
+            check_keeps_a_best_checkpoint(self.checkpoint)
         self.coordinator = ScheduleCoordinator(
             resolved.schedule,
             max_depth=self.max_depth,
@@ -358,15 +359,6 @@ class FinetuningScheduler(Callback):
         if self.checkpoint is None or not self.checkpoint.best_model_path:
             return None
         return CheckpointRef(self.checkpoint.best_model_path, self.checkpoint.best_ckpt_depth)
-
-    def _check_restore_best(self, checkpoint: FTSCheckpoint) -> None:
-        if self.restore_best and (not checkpoint.save_top_k or not checkpoint.monitor):
-            raise FTSConfigError(
-                "restore_best=True needs an FTSCheckpoint that keeps a best checkpoint, but it has "
-                f"monitor={checkpoint.monitor!r}, save_top_k={checkpoint.save_top_k!r}. Give it a `monitor` and "
-                "save_top_k >= 1, or set restore_best=False.",
-                key="restore_best",
-            )
 
     def _sync_max_epochs(self, trainer: pl.Trainer) -> None:
         """A last phase with its own ``max_transition_epoch`` runs until at least that epoch (the original's rule)."""
