@@ -14,7 +14,7 @@ from fts_dist.errors import FTSConfigError
 
 if TYPE_CHECKING:
     from fts_dist.callbacks import FinetuningScheduler, FTSCheckpoint, FTSEarlyStopping
-    from fts_dist.gen import gen_ft_schedule
+    from fts_dist.gen import gen_block_schedule, gen_ft_schedule
     from fts_dist.strategies import DeepSpeedStrategy, FSDPStrategy
 
 _LAZY = {
@@ -23,6 +23,7 @@ _LAZY = {
     "FTSEarlyStopping": "fts_dist.callbacks",
     "DeepSpeedStrategy": "fts_dist.strategies",
     "FSDPStrategy": "fts_dist.strategies",
+    "gen_block_schedule": "fts_dist.gen",
     "gen_ft_schedule": "fts_dist.gen",
 }
 
@@ -34,6 +35,7 @@ __all__ = [
     "FTSEarlyStopping",
     "FinetuningScheduler",
     "__version__",
+    "gen_block_schedule",
     "gen_ft_schedule",
 ]
 

@@ -19,6 +19,11 @@ SCHEDULE: dict[int, dict[str, Any]] = {
     1: {"params": ["layers.2.*"], "lr": 0.05},
     2: {"params": ["layers.[01].weight", "layers.[01].bias"], "lr": 0.02},
 }
+# fts_dist's own keys: phase 2 freezes the head's bias again and halves the earlier groups' learning rates
+REFREEZE_SCHEDULE: dict[int, dict[str, Any]] = {
+    **SCHEDULE,
+    2: {**SCHEDULE[2], "freeze": ["layers.3.bias"], "scale_lrs": 0.5},
+}
 
 
 def loaders(batches: int = 4, batch_size: int = 8, seed: int = 0) -> tuple[DataLoader, DataLoader]:

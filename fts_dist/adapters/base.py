@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, final
@@ -21,6 +22,7 @@ from fts_dist.adapters.param_groups import (
     add_param_group,
     check_lr_scheduler_supported,
     lr_schedulers,
+    scale_learning_rates,
     truncate_param_groups,
 )
 from fts_dist.adapters.replicas import ReplicaView, replica_problems, replica_view
@@ -159,8 +161,9 @@ class StrategyAdapter:
 
     def load_checkpoint_state(self, path: str, phases: Sequence[Sequence[str]], trainer: pl.Trainer) -> None:
         """Load the weights and optimizer state saved at ``path``, leaving the optimizer with exactly the groups it
-        saved: phase 0's and one for each later phase in ``phases`` (each phase's parameter names, from phase 0 to
-        the checkpoint's depth). Raise before changing anything when the checkpoint cannot be used."""
+        saved: phase 0's and one for each later phase in ``phases`` (each phase's parameters that trained at the
+        checkpoint's depth, from phase 0 to that depth). Raise before changing anything when the checkpoint cannot be
+        used."""
         groups = self.group_count(len(phases) - 1)
         checkpoint = self._load_strategy_checkpoint(path)
         saved_groups = len(checkpoint["optimizer_states"][0]["param_groups"])
@@ -260,7 +263,7 @@ class StrategyAdapter:
         self.comm.barrier()  # the writer finished before anyone reads
         failure = None
         try:
-            self.load_checkpoint_state(plan.restore.path, plan.phase_params[: plan.restore.depth + 1], trainer)
+            self.load_checkpoint_state(plan.restore.path, plan.trainable_phases(plan.restore.depth), trainer)
         except Exception as err:
             failure = f"{type(err).__name__}: {err}"
         failed = [(rank, message) for rank, message in enumerate(self.comm.all_gather(failure)) if message]
@@ -273,15 +276,29 @@ class StrategyAdapter:
             )
 
     def _add_phase_groups(self, plan: PhasePlan, trainer: pl.Trainer, depth: int) -> None:
-        """Extend the optimizer with the groups of the phases after the ones it holds, up to ``depth``."""
+        """Extend the optimizer with the groups of the phases after the ones it holds, up to ``depth``.
+
+        Each phase entered scales the learning rates of the groups before its own by its ``scale_lrs``: the groups
+        held already by the product of all the entered phases' factors, each new group by those of the phases after
+        it.
+        """
         held = len(trainer.optimizers[0].param_groups) - self.group_count(0)
+        entering = range(held + 1, depth + 1)
+        if not entering:
+            return
         live = self.schedule_parameters(trainer.lightning_module)
         groups = [
-            PhaseGroup(plan.phase_params[d], tuple(live[name] for name in plan.phase_params[d]), plan.phase_lrs[d])
-            for d in range(held + 1, depth + 1)
+            PhaseGroup(
+                plan.phase_params[d],
+                tuple(live[name] for name in plan.phase_params[d]),
+                plan.phase_lrs[d] * math.prod(plan.lr_scale(later) for later in range(d + 1, depth + 1)),
+            )
+            for d in entering
         ]
-        if groups:
-            self.extend_optimizer(trainer, groups)
+        scale_learning_rates(
+            trainer.optimizers[0], math.prod(plan.lr_scale(d) for d in entering), lr_schedulers(trainer)
+        )
+        self.extend_optimizer(trainer, groups)
 
     def check_replicas(self, module: torch.nn.Module, depth: int) -> None:
         """Collective: compare every rank's :meth:`replica_view`; raise on every rank if they disagree."""

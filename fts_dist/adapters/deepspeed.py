@@ -6,6 +6,10 @@ step counts included; the new phase's group starts fresh; frozen parameters hold
 and no optimizer state on any rank. The documented alternative, frozen parameters in an ``lr=0`` group (DeepSpeed
 issue 2615), holds masters and state for them all along and advances Adam's step counts before they thaw.
 
+A phase that freezes parameters again (``freeze:``) rebuilds without them: their group keeps its place and its
+other parameters, and the adapter remembers every group's members (:attr:`DeepSpeedAdapter.group_members`), so a
+restore of a checkpoint from before the freeze gives them back their group.
+
 Checkpoints are DeepSpeed's own directories, written through a staging directory like sharded ones; a restore
 first rebuilds the optimizer with exactly the groups the checkpoint holds, then lets the engine load it (each rank
 its own partitions).
@@ -13,7 +17,7 @@ its own partitions).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +48,20 @@ class DeepSpeedAdapter(DistributedAdapter):
 
     serves = DeepSpeedStrategy
 
+    def __init__(self, strategy: pl.strategies.Strategy) -> None:
+        super().__init__(strategy)
+        self.group_members: list[list[torch.nn.Parameter]] = []  # each group's parameters, frozen ones included
+        self._trainable: set[int] = set()  # ids of the parameters the last thaw made trainable
+
     @override
     def validate_schedule(self, schedule: Schedule, trainer: pl.Trainer) -> None:
-        """The DeepSpeed config, as Lightning completed it at setup (precision, batch sizes), before step 0."""
+        """The DeepSpeed config, as Lightning completed it at setup (precision, batch sizes), and the groups a
+        ``freeze`` would empty, before step 0."""
         assert isinstance(self.strategy, DeepSpeedStrategy)
         config: dict[str, Any] = self.strategy.config or {}
         for problem, fix in _config_problems(config, self.strategy):
             raise FTSConfigError(f"{problem} {fix}", key="deepspeed")
+        self._check_no_group_emptied(schedule, trainer)
 
     @override
     def setup_optimizer(self, trainer: pl.Trainer, phase0_params: Sequence[str]) -> None:
@@ -65,6 +76,14 @@ class DeepSpeedAdapter(DistributedAdapter):
                 key="optimizer",
             )
         super().setup_optimizer(trainer, phase0_params)
+        self.group_members = group_parameters(self._engine())
+        self._trainable = {id(p) for params in self.group_members for p in params}
+
+    @override
+    def thaw(self, module: torch.nn.Module, trainable: Iterable[str]) -> None:
+        names = set(trainable)
+        super().thaw(module, names)
+        self._trainable = {id(p) for name, p in self.schedule_parameters(module).items() if name in names}
 
     @staticmethod
     def check_scheduler_alignment(trainer: pl.Trainer) -> None:
@@ -133,9 +152,13 @@ class DeepSpeedAdapter(DistributedAdapter):
         failed = [(rank, message) for rank, message in enumerate(self.comm.all_gather(failure)) if message]
         if failed:
             raise FileNotFoundError(f"rank {failed[0][0]}: {failed[0][1]}")
-        groups, current = self.group_count(len(phases) - 1), group_parameters(self._engine())
-        if len(current) > groups:  # a checkpoint of an earlier phase: the optimizer gets its groups
-            self._rebuild(trainer, [{"params": params} for params in current[:groups]])
+        groups = self.group_count(len(phases) - 1)
+        names = {name for phase in phases for name in phase}
+        trained = {id(p) for name, p in self.schedule_parameters(trainer.lightning_module).items() if name in names}
+        saved = [[p for p in members if id(p) in trained] for members in self.group_members[:groups]]
+        if _ids(saved) != _ids(group_parameters(self._engine())):  # an earlier phase's: the optimizer gets its groups
+            self._rebuild(trainer, [{"params": params} for params in saved])
+            del self.group_members[groups:]
             truncate_schedulers(lr_schedulers(trainer), groups)
         self._load_strategy_checkpoint(path)  # the engine loads weights and its partitions' optimizer state
         relink_after_load(self._engine())
@@ -143,19 +166,16 @@ class DeepSpeedAdapter(DistributedAdapter):
     @override
     def extend_optimizer(self, trainer: pl.Trainer, groups: Sequence[PhaseGroup]) -> None:
         """One rebuild of the engine's ZeRO optimizer for all of ``groups`` in this call (a restore of an earlier
-        phase's checkpoint makes two calls: the groups it dropped, then the new phase's)."""
-        current = [{"params": params} for params in group_parameters(self._engine())]
+        phase's checkpoint makes two calls: the groups it dropped, then the new phase's). Each group holds its
+        members that the last :meth:`thaw` made trainable, so parameters a phase froze again leave ZeRO (a rebuild
+        sets ``requires_grad`` by group membership: it cannot be read back between the two calls)."""
         named = "param_names" in self._engine().optimizer.param_groups[0]  # optimizers built from named_parameters()
-        added = [
-            {
-                "params": list(g.params),
-                "lr": g.lr,
-                "initial_lr": g.lr,
-                **({"param_names": list(g.names)} if named else {}),
-            }
-            for g in groups
+        self.group_members += [list(g.params) for g in groups]
+        settings: list[dict[str, Any]] = [{}] * (len(self.group_members) - len(groups)) + [
+            {"lr": g.lr, "initial_lr": g.lr, **({"param_names": list(g.names)} if named else {})} for g in groups
         ]
-        self._rebuild(trainer, current + added)
+        trainable = [[p for p in members if id(p) in self._trainable] for members in self.group_members]
+        self._rebuild(trainer, [{"params": params, **extra} for params, extra in zip(trainable, settings, strict=True)])
         for group in groups:
             extend_schedulers(lr_schedulers(trainer), group.lr)
 
@@ -190,6 +210,31 @@ class DeepSpeedAdapter(DistributedAdapter):
 
     def _engine(self) -> Any:
         return self.strategy.model
+
+    def _check_no_group_emptied(self, schedule: Schedule, trainer: pl.Trainer) -> None:
+        """DeepSpeed drops a group without trainable parameters (and ZeRO 1/2 fail on one): refuse a ``freeze`` that
+        leaves a group with none."""
+        if not any(phase.freeze for phase in schedule.phases):
+            return
+        live = self.schedule_parameters(trainer.lightning_module)
+        phase0_groups = [[n for n, p in live.items() if id(p) in ids] for ids in _ids(self.group_members)]
+        for depth in range(1, len(schedule)):
+            trainable = set(schedule.trainable_at(depth))
+            groups = [*phase0_groups, *(phase.params for phase in schedule.phases[1 : depth + 1])]
+            emptied = next((g for g in groups if g and not trainable.intersection(g)), None)
+            if emptied is not None:
+                raise FTSConfigError(
+                    f"Phase {depth} freezes every parameter of an optimizer group ({list(emptied)[:3]}): DeepSpeed "
+                    "drops a group without trainable parameters, and the learning-rate schedule would lose its "
+                    "place. Keep at least one parameter of each group trainable, or leave the whole phase in "
+                    "training and lower its learning rate with `scale_lrs`.",
+                    phase=depth,
+                    key="freeze",
+                )
+
+
+def _ids(groups: Sequence[Sequence[torch.nn.Parameter]]) -> list[set[int]]:
+    return [{id(p) for p in group} for group in groups]
 
 
 _DEEPSPEED_KEYS = ("module", "optimizer", "buffer_names", "param_shapes", "frozen_param_shapes",

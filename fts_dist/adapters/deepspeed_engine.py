@@ -80,21 +80,24 @@ def state_bytes(engine: Any) -> int:
 def rebuild_zero_optimizer(engine: Any, groups: Sequence[dict[str, Any]]) -> Any:
     """Collective: give ``engine`` a new ZeRO optimizer over ``groups`` (dicts with ``params`` and settings).
 
-    The first groups must hold exactly the parameters of the optimizer's first groups: they keep their settings,
-    fp32 masters and optimizer state (step counts included). Later groups are new; the optimizer creates their
-    state at its first step, as it would have. Groups the old optimizer had beyond ``len(groups)`` are dropped and
-    their parameters frozen. Call it at an optimizer-step boundary (no gradients pending). Returns the new ZeRO
-    optimizer, also at ``engine.optimizer``.
+    The first groups are the optimizer's first groups: they keep their settings, and the parameters they keep keep
+    their fp32 masters and optimizer state (step counts included). A kept group may lose parameters (frozen again:
+    their weights stay as they are) or gain some (before a checkpoint load fills them). Later groups are new; the
+    optimizer creates their state at its first step, as it would have. Groups the old optimizer had beyond
+    ``len(groups)`` are dropped. Parameters in no group are frozen. Call it at an optimizer-step boundary (no
+    gradients pending). Returns the new ZeRO optimizer, also at ``engine.optimizer``.
 
     While it runs, a rank holds the kept groups' masters and state a second time: on the host (ZeRO 1/2 gather
     each parameter whole; ZeRO-3 keeps to its own partitions).
     """
-    old_params = group_parameters(engine)
-    kept = min(len(old_params), len(groups))
-    for index in range(kept):
-        if {id(p) for p in groups[index]["params"]} != {id(p) for p in old_params[index]}:
-            raise ValueError(f"optimizer group {index} does not hold the same parameters as before the rebuild")
-    saved = _snapshot(engine, kept)
+    old_group_of = {id(p): index for index, params in enumerate(group_parameters(engine)) for p in params}
+    kept = min(len(set(old_group_of.values())), len(groups))
+    for index, group in enumerate(groups):
+        moved = [p for p in group["params"] if old_group_of.get(id(p), index) != index]
+        if moved:
+            raise ValueError(f"optimizer group {index} holds a parameter of group {old_group_of[id(moved[0])]}")
+    keep = {id(p) for group in groups[:kept] for p in group["params"]}
+    saved = _snapshot(engine, kept, keep)
     new_groups = [
         {**group, **(saved[index].settings if index < kept else {}), "params": list(group["params"])}
         for index, group in enumerate(groups)
@@ -128,8 +131,9 @@ def trim_host_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _snapshot(engine: Any, kept: int) -> list[_Saved]:
-    """Collective under ZeRO 1/2 (each parameter gathered whole); local under ZeRO-3."""
+def _snapshot(engine: Any, kept: int, keep: set[int]) -> list[_Saved]:
+    """The first ``kept`` groups' settings and, for their parameters in ``keep`` (by id), masters and state.
+    Collective under ZeRO 1/2 (each parameter gathered whole); local under ZeRO-3."""
     from deepspeed.utils import (
         safe_get_full_fp32_param,
         safe_get_full_optimizer_state,
@@ -150,7 +154,7 @@ def _snapshot(engine: Any, kept: int) -> list[_Saved]:
         keys = [k for k, v in state.items() if torch.is_tensor(v) and v.dim() > 0]
         scalars = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in state.items() if k not in keys}
         tensors = []
-        for param in params:
+        for param in (p for p in params if id(p) in keep):
             entry = {"master": safe_get_local_fp32_param(param) if local else safe_get_full_fp32_param(param)}
             for key in keys:
                 get = safe_get_local_optimizer_state if local else safe_get_full_optimizer_state

@@ -54,19 +54,21 @@ class FSDP1Adapter(ShardedAdapter):
 
     @override
     def validate_schedule(self, schedule: Schedule, trainer: pl.Trainer) -> None:
-        phase_of = {name: depth for depth, phase in enumerate(schedule.phases) for name in phase.params}
+        numbered = list(enumerate(schedule.phases))
+        frozen_at = {name: depth for depth, phase in numbered for name in phase.freeze}
+        phase_of = {name: (depth, frozen_at.get(name, -1)) for depth, phase in numbered for name in phase.params}
         misaligned = []
         for unit_name, names in _units(self._root()):
-            phases = sorted({phase_of.get(name, -1) for name in names})
+            phases = sorted({phase_of.get(name, (-1, -1)) for name in names})
             if len(phases) > 1:
                 where = ", ".join(
-                    f"{'never thawed' if d < 0 else f'phase {d}'}: {[n for n in names if phase_of.get(n, -1) == d][:2]}"
-                    for d in phases
+                    f"{_phase_label(*d)}: {[n for n in names if phase_of.get(n, (-1, -1)) == d][:2]}" for d in phases
                 )
                 misaligned.append(f"'{unit_name or '<root>'}' ({where})")
         if misaligned:
             raise FTSConfigError(
-                f"{len(misaligned)} FSDP unit(s) hold parameters of more than one phase: {'; '.join(misaligned)}. "
+                f"{len(misaligned)} FSDP unit(s) hold parameters of more than one phase (or of one phase, frozen "
+                f"again at different phases): {'; '.join(misaligned)}. "
                 "FSDP1 keeps one flat gradient per unit, so while part of a unit trains, its frozen part is still "
                 "differentiated, reduce-scattered and stored (pytorch issue 104690). Align the auto-wrap policy with "
                 "the phases: wrap each module a phase thaws as a unit of its own, e.g. "
@@ -123,3 +125,9 @@ def _units(module: torch.nn.Module) -> list[tuple[str, list[str]]]:
         prefix = f"{unit_name}." if unit_name else ""
         units.append((unit_name, [clean_tensor_name(prefix + fqn) for fqn in unit._handle.flat_param._fqns]))  # type: ignore[union-attr]
     return units
+
+
+def _phase_label(thawed: int, frozen: int) -> str:
+    if thawed < 0:
+        return "never thawed"
+    return f"phase {thawed}" + (f", frozen at phase {frozen}" if frozen >= 0 else "")

@@ -63,6 +63,22 @@ def add_param_group(optimizer: torch.optim.Optimizer, group: PhaseGroup, schedul
     extend_schedulers(schedulers, group.lr)
 
 
+def scale_learning_rates(optimizer: torch.optim.Optimizer, factor: float, schedulers: Sequence[Any]) -> None:
+    """Multiply every group's learning rate by ``factor``, and each scheduler's base and last learning rates with
+    it, so a scheduler that computes from its base rates (LambdaLR, CosineAnnealingLR) keeps the scaled rate."""
+    if factor == 1.0:
+        return
+    for group in optimizer.param_groups:
+        group["lr"] *= factor
+        if "initial_lr" in group:
+            group["initial_lr"] *= factor
+    for scheduler in schedulers:
+        for name in ("base_lrs", "_last_lr"):
+            rates = getattr(scheduler, name, None)
+            if isinstance(rates, list):
+                rates[:] = [rate * factor for rate in rates]
+
+
 def extend_schedulers(schedulers: Sequence[Any], lr: float) -> None:
     """Give each scheduler's per-group state one more group, starting at ``lr``."""
     for scheduler in schedulers:

@@ -117,11 +117,7 @@ class FinetuningScheduler(Callback):
     def trainable_numel(self) -> int:
         """Elements of the parameters that train in the current phase (whole tensors, however they are sharded)."""
         coordinator = self._coordinator
-        return sum(
-            self._numels[name]
-            for phase in coordinator.schedule.phases[: coordinator.depth + 1]
-            for name in phase.params
-        )
+        return sum(self._numels[name] for name in coordinator.schedule.trainable_at(coordinator.depth))
 
     @property
     def schedule(self) -> Schedule:

@@ -26,10 +26,20 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     schedule = commands.add_parser("schedule", help="generate, validate or show a schedule without training")
     actions = schedule.add_subparsers(dest="action", metavar="ACTION", required=True)
-    gen = actions.add_parser("gen", help="write the implicit schedule of a LightningModule")
+    gen = actions.add_parser("gen", help="write the implicit (or, with --blocks, the block-wise) schedule of a module")
     gen.add_argument("model", help="the LightningModule as package.module:Class")
     gen.add_argument("--init-args", help="its constructor arguments as a JSON object")
     gen.add_argument("--out", help="where to write it (default: ./<Class>_ft_schedule.yaml)")
+    blocks = gen.add_argument_group("block-wise schedules (--blocks)")
+    blocks.add_argument(
+        "--blocks",
+        action="store_true",
+        help="the head first, then the model's repeated blocks from the top (found by name), then the stem",
+    )
+    blocks.add_argument("--blocks-per-phase", type=int, default=1, metavar="K", help="blocks thawed per phase")
+    blocks.add_argument("--lr", type=float, help="learning rate of phase 1 (default: the callback's base_max_lr)")
+    blocks.add_argument("--lr-decay", type=float, default=1.0, help="each deeper phase's lr over the one above")
+    blocks.add_argument("--epochs-per-phase", type=int, metavar="N", help="end phase d by epoch (d + 1) * N")
     for name, help_text in (
         ("validate", "every check the callback makes before training; exit 0 when valid, 1 with the errors"),
         ("show", "a table of the phases: parameters, counts, lr, epochs; --plot draws the timeline"),
@@ -50,7 +60,13 @@ def _run_schedule_command(args: argparse.Namespace) -> int:
     from fts_dist.cli import schedule_cmds
 
     if args.action == "gen":
-        print(f"wrote {schedule_cmds.generate(args.model, args.init_args, args.out)}")
+        options = dict(
+            blocks_per_phase=args.blocks_per_phase,
+            lr=args.lr,
+            lr_decay=args.lr_decay,
+            epochs_per_phase=args.epochs_per_phase,
+        )
+        print(f"wrote {schedule_cmds.generate(args.model, args.init_args, args.out, options if args.blocks else None)}")
         return 0
     strategy = getattr(args, "strategy", None)
     result = schedule_cmds.validate(args.schedule, args.model, args.init_args, strategy, args.epoch_transitions_only)

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fts_dist.cli.objects import build_model
 from fts_dist.errors import FTSConfigError
-from fts_dist.gen import gen_ft_schedule
+from fts_dist.gen import gen_block_schedule, gen_ft_schedule
 from fts_dist.schedule import Schedule, load_schedule
 
 
-def generate(model_spec: str, init_args: str | None, out: str | None) -> Path:
-    """Write the implicit schedule of the LightningModule ``model_spec`` to ``out`` (default: the current
+def generate(
+    model_spec: str, init_args: str | None, out: str | None, block_options: dict[str, Any] | None = None
+) -> Path:
+    """Write the implicit schedule of the LightningModule ``model_spec`` (its block-wise schedule with
+    ``block_options``, the keyword arguments of :func:`gen_block_schedule`) to ``out`` (default: the current
     directory, under the original project's file name)."""
     model = build_model(model_spec, init_args)
-    if out is None:
-        return gen_ft_schedule(model, ".")
-    return gen_ft_schedule(model, Path(out).parent, file_name=Path(out).name)
+    directory, name = (".", None) if out is None else (Path(out).parent, Path(out).name)
+    if block_options is None:
+        return gen_ft_schedule(model, directory, file_name=name)
+    return gen_block_schedule(model, directory, file_name=name, **block_options)
 
 
 @dataclass
@@ -65,6 +70,10 @@ def phase_rows(validation: Validation) -> list[list[str]]:
             else ("base_max_lr" if phase.lr is None else f"{phase.lr:g}")
         )
         epoch = "early stopping" if phase.max_transition_epoch < 0 else str(phase.max_transition_epoch)
+        if phase.scale_lrs is not None:
+            lr += f", earlier groups x{phase.scale_lrs:g}"
+        if phase.freeze:
+            names += f"; freezes {len(phase.freeze)} again: " + ", ".join(phase.freeze[:2])
         rows.append([str(depth), str(len(phase.params)), f"{numel:,}", lr, epoch, names])
     return rows
 

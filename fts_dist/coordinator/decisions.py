@@ -29,8 +29,9 @@ class PhasePlan:
 
     ``phase_params[d]`` and ``phase_lrs[d]`` describe phase ``d`` for ``d`` in ``0..depth``; adapters thaw the
     phases not yet thawed and add an optimizer group for each phase the optimizer lacks. ``phase_lrs[0]`` is
-    unused: phase 0's groups come from the module's own ``configure_optimizers``. ``restore`` names the checkpoint
-    to load first, if any.
+    unused: phase 0's groups come from the module's own ``configure_optimizers``. ``phase_freeze[d]`` names what
+    phase ``d`` freezes again and ``phase_lr_scales[d]`` the factor on earlier groups' learning rates as it starts
+    (both empty: none). ``restore`` names the checkpoint to load first, if any.
     """
 
     depth: int
@@ -38,11 +39,23 @@ class PhasePlan:
     phase_params: tuple[tuple[str, ...], ...]
     phase_lrs: tuple[float, ...]
     restore: CheckpointRef | None = None
+    phase_freeze: tuple[tuple[str, ...], ...] = ()
+    phase_lr_scales: tuple[float, ...] = ()
 
     @property
     def trainable(self) -> tuple[str, ...]:
         """Every parameter that trains at ``depth``."""
-        return tuple(name for phase in self.phase_params for name in phase)
+        return tuple(name for phase in self.trainable_phases(self.depth) for name in phase)
+
+    def trainable_phases(self, depth: int) -> tuple[tuple[str, ...], ...]:
+        """Each phase's parameters that train at ``depth`` (what earlier phases thawed less what they froze again),
+        phase 0 to ``depth``."""
+        frozen = {name for phase in self.phase_freeze[: depth + 1] for name in phase}
+        return tuple(tuple(n for n in phase if n not in frozen) for phase in self.phase_params[: depth + 1])
+
+    def lr_scale(self, depth: int) -> float:
+        """The factor phase ``depth`` applies to the learning rates of the groups before its own."""
+        return self.phase_lr_scales[depth] if depth < len(self.phase_lr_scales) else 1.0
 
 
 def effective_max_depth(schedule: Schedule, max_depth: int) -> int:
@@ -80,10 +93,13 @@ def build_plan(
     schedule: Schedule, depth: int, epoch: int, lrs: tuple[float, ...], restore: CheckpointRef | None
 ) -> PhasePlan:
     """The plan that brings any rank to ``depth`` (from any lower depth)."""
+    phases = schedule.phases[: depth + 1]
     return PhasePlan(
         depth=depth,
         epoch=epoch,
-        phase_params=tuple(schedule[d].params for d in range(depth + 1)),
+        phase_params=tuple(p.params for p in phases),
         phase_lrs=lrs[: depth + 1],
         restore=restore,
+        phase_freeze=tuple(p.freeze for p in phases) if any(p.freeze for p in phases) else (),
+        phase_lr_scales=tuple(p.scale_lrs or 1.0 for p in phases) if any(p.scale_lrs for p in phases) else (),
     )

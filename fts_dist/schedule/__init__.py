@@ -1,5 +1,6 @@
 """Pure schedule data: parsing, validation, resolution against parameter names and implicit generation."""
 
+from fts_dist.schedule.blocks import BlockLayout, find_blocks, generate_block_schedule
 from fts_dist.schedule.implicit import generate_implicit_schedule
 from fts_dist.schedule.io import dump_schedule, load_schedule_file, schedule_file_name
 from fts_dist.schedule.model import Phase, Schedule
@@ -7,11 +8,14 @@ from fts_dist.schedule.pipeline import ScheduleSource, load_schedule, write_sche
 from fts_dist.schedule.resolve import ResolvedSchedule, resolve_schedule
 
 __all__ = [
+    "BlockLayout",
     "Phase",
     "ResolvedSchedule",
     "Schedule",
     "ScheduleSource",
     "dump_schedule",
+    "find_blocks",
+    "generate_block_schedule",
     "generate_implicit_schedule",
     "load_schedule",
     "load_schedule_file",

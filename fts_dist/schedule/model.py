@@ -9,7 +9,7 @@ from typing import Any
 
 from fts_dist.errors import FTSConfigError
 
-_PHASE_KEYS = ("params", "max_transition_epoch", "lr")
+_PHASE_KEYS = ("params", "max_transition_epoch", "lr", "freeze", "scale_lrs")
 
 
 @dataclass(frozen=True)
@@ -20,11 +20,17 @@ class Phase:
     model (see :func:`fts_dist.schedule.resolve_schedule`), exact names after. ``max_transition_epoch`` of -1
     leaves the transition to early stopping; ``lr`` of ``None`` means "use ``base_max_lr``" (phase 0 takes its
     learning rate from the optimizer the module configures).
+
+    Two keys are fts_dist's own (finetuning-scheduler refuses a schedule that uses them): ``freeze`` names (or
+    patterns) of parameters earlier phases thawed that this phase freezes again, their optimizer groups left as
+    they are; ``scale_lrs`` multiplies the learning rate of every earlier phase's group when this phase starts.
     """
 
     params: tuple[str, ...]
     max_transition_epoch: int = -1
     lr: float | None = None
+    freeze: tuple[str, ...] = ()
+    scale_lrs: float | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,12 @@ class Schedule:
     @property
     def final_depth(self) -> int:
         return len(self.phases) - 1
+
+    def trainable_at(self, depth: int) -> tuple[str, ...]:
+        """What trains at ``depth`` of a resolved schedule: phases 0..depth's parameters less those they froze."""
+        phases = self.phases[: depth + 1]
+        frozen = {name for phase in phases for name in phase.freeze}
+        return tuple(name for phase in phases for name in phase.params if name not in frozen)
 
     @classmethod
     def from_dict(cls, raw: Any, *, epoch_transitions_only: bool = False) -> Schedule:
@@ -86,6 +98,10 @@ class Schedule:
                 entry["max_transition_epoch"] = phase.max_transition_epoch
             if phase.lr is not None:
                 entry["lr"] = phase.lr
+            if phase.freeze:
+                entry["freeze"] = list(phase.freeze)
+            if phase.scale_lrs is not None:
+                entry["scale_lrs"] = phase.scale_lrs
             out[depth] = entry
         return out
 
@@ -119,28 +135,64 @@ def _parse_phase(depth: int, value: Any) -> Phase:
         params=_parse_params(depth, value.get("params")),
         max_transition_epoch=_parse_epoch(depth, value.get("max_transition_epoch", -1)),
         lr=_parse_lr(depth, value.get("lr")),
+        freeze=_parse_freeze(depth, value.get("freeze")),
+        scale_lrs=_parse_scale(depth, value.get("scale_lrs")),
     )
 
 
-def _parse_params(depth: int, params: Any) -> tuple[str, ...]:
+def _parse_params(depth: int, params: Any, key: str = "params") -> tuple[str, ...]:
     if isinstance(params, str):
         params = [params]
     if not isinstance(params, list | tuple) or not params:
         raise FTSConfigError(
-            f"Phase {depth} needs `params`: a non-empty list of parameter names or regular expressions, got "
+            f"Phase {depth} needs `{key}`: a non-empty list of parameter names or regular expressions, got "
             f"{params!r:.80}.",
             phase=depth,
-            key="params",
+            key=key,
         )
     for entry in params:
         if not isinstance(entry, str) or not entry:
             raise FTSConfigError(
-                f"Phase {depth} `params` entry {entry!r} is not a parameter name or regular expression (a "
+                f"Phase {depth} `{key}` entry {entry!r} is not a parameter name or regular expression (a "
                 "non-empty string).",
                 phase=depth,
-                key="params",
+                key=key,
             )
     return tuple(params)
+
+
+def _parse_freeze(depth: int, freeze: Any) -> tuple[str, ...]:
+    if freeze is None:
+        return ()
+    if depth == 0:
+        raise FTSConfigError(
+            "Phase 0 has `freeze`, but nothing has thawed before it: only a later phase can freeze parameters "
+            "again. Leave them out of phase 0's `params` instead.",
+            phase=0,
+            key="freeze",
+        )
+    return _parse_params(depth, freeze, key="freeze")
+
+
+def _parse_scale(depth: int, scale: Any) -> float | None:
+    if scale is None:
+        return None
+    if depth == 0:
+        raise FTSConfigError(
+            "Phase 0 has `scale_lrs`, but it starts with the optimizer: there are no earlier groups to scale. Set the "
+            "learning rate in `configure_optimizers` instead.",
+            phase=0,
+            key="scale_lrs",
+        )
+    value = _parse_lr(depth, scale, key="scale_lrs")
+    if not value:
+        raise FTSConfigError(
+            f"Phase {depth} `scale_lrs` must be a positive factor, got {scale!r}. To stop earlier groups training, "
+            "`freeze` their parameters.",
+            phase=depth,
+            key="scale_lrs",
+        )
+    return value
 
 
 def _parse_epoch(depth: int, epoch: Any) -> int:
@@ -154,7 +206,7 @@ def _parse_epoch(depth: int, epoch: Any) -> int:
     return epoch
 
 
-def _parse_lr(depth: int, lr: Any) -> float | None:
+def _parse_lr(depth: int, lr: Any, key: str = "lr") -> float | None:
     if lr is None:
         return None
     try:
@@ -163,10 +215,10 @@ def _parse_lr(depth: int, lr: Any) -> float | None:
         value = math.nan
     if not math.isfinite(value) or value < 0:
         raise FTSConfigError(
-            f"Phase {depth} `lr` must be a non-negative number, got {lr!r}. Write it as e.g. `lr: 1.0e-05` "
+            f"Phase {depth} `{key}` must be a non-negative number, got {lr!r}. Write it as e.g. `{key}: 1.0e-05` "
             "(YAML reads `1e-5` as a string, which fts_dist also accepts).",
             phase=depth,
-            key="lr",
+            key=key,
         )
     return value
 

@@ -30,8 +30,9 @@ def load_schedule(
 
     Example::
 
-        >>> load_schedule({0: {"params": ["head.*"]}, 1: {"params": ["body.*"]}}, ["body.w", "head.w"]).schedule[1]
-        Phase(params=('body.w',), max_transition_epoch=-1, lr=None)
+        >>> resolved = load_schedule({0: {"params": ["head.*"]}, 1: {"params": ["body.*"]}}, ["body.w", "head.w"])
+        >>> resolved.schedule[1].params
+        ('body.w',)
     """
     if source is None:
         raw: Any = generate_implicit_schedule(param_names).to_dict()

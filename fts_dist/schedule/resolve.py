@@ -56,27 +56,66 @@ def resolve_schedule(schedule: Schedule, param_names: Sequence[str]) -> Resolved
             selected |= matched
         ordered = tuple(n for n in param_names if n in selected)
         phases.append(replace(phase, params=ordered))
+    frozen_at: dict[str, int] = {}
+    for depth, phase in enumerate(schedule.phases):
+        frozen = _resolve_freeze(depth, phase.freeze, param_names, owner, frozen_at)
+        phases[depth] = replace(phases[depth], freeze=tuple(n for n in param_names if n in frozen))
     unscheduled = tuple(n for n in param_names if n not in owner)
     return ResolvedSchedule(Schedule(tuple(phases)), unscheduled, schedule)
 
 
-def _match_pattern(depth: int, pattern: str, param_names: Sequence[str]) -> set[str]:
+def _resolve_freeze(
+    depth: int, entries: Sequence[str], param_names: Sequence[str], owner: dict[str, int], frozen_at: dict[str, int]
+) -> set[str]:
+    """Phase ``depth``'s ``freeze`` entries as exact names; each must name parameters an earlier phase thawed and
+    no phase froze yet (``frozen_at`` records them)."""
+    known = set(param_names)
+    selected: set[str] = set()
+    for entry in entries:
+        matched = {entry} if entry in known else _match_pattern(depth, entry, param_names, key="freeze")
+        for name in (n for n in param_names if n in matched):
+            thawed = owner.get(name)
+            if thawed is None or thawed >= depth:
+                when, fix = (
+                    ("no phase thaws it", "Narrow the entry")
+                    if thawed is None
+                    else (f"phase {thawed} thaws it", f"Narrow the entry, or move it to a phase after {thawed}")
+                )
+                raise FTSConfigError(
+                    f"Phase {depth} `freeze` entry '{entry}' names '{name}', but {when}: a phase can freeze again only "
+                    f"what an earlier phase thawed. {fix}.",
+                    phase=depth,
+                    key="freeze",
+                )
+            if name in frozen_at:
+                raise FTSConfigError(
+                    f"Phase {depth} `freeze` entry '{entry}' names '{name}', which phase {frozen_at[name]} froze "
+                    "already. Freeze each parameter once.",
+                    phase=depth,
+                    key="freeze",
+                )
+        selected |= matched
+    frozen_at.update(dict.fromkeys(selected, depth))
+    return selected
+
+
+def _match_pattern(depth: int, pattern: str, param_names: Sequence[str], key: str = "params") -> set[str]:
     try:
         compiled = re.compile(pattern)
     except re.error as err:
         raise FTSConfigError(
-            f"Phase {depth} `params` entry '{pattern}' is neither a parameter name nor a valid regular expression "
+            f"Phase {depth} `{key}` entry '{pattern}' is neither a parameter name nor a valid regular expression "
             f"({err}).",
             phase=depth,
-            key="params",
+            key=key,
         ) from err
     matched = {name for name in param_names if compiled.match(name)}
     if not matched:
         hint = ", ".join(list(param_names)[:3])
         raise FTSConfigError(
-            f"Phase {depth} `params` entry '{pattern}' matches no parameter of the model. Names look like: {hint}, ... "
+            f"Phase {depth} `{key}` entry '{pattern}' matches no parameter of the model. Names look like: {hint}, ... "
             "(see `fts-dist schedule show` or `model.named_parameters()`).",
             phase=depth,
-            key="params",
+            key=key,
         )
     return matched

@@ -24,6 +24,29 @@ def test_gen_writes_the_implicit_schedule(tmp_path: Path, capsys) -> None:
     assert f"wrote {out}" in capsys.readouterr().out
 
 
+def test_gen_blocks_writes_the_block_wise_schedule(tmp_path: Path, capsys) -> None:
+    """The toy's body.0 and body.2 are its repeated blocks: head first, then body.2, then body.0, lr decayed."""
+    out = tmp_path / "blocks.yaml"
+    args = ["--blocks", "--lr", "1e-3", "--lr-decay", "0.1", "--epochs-per-phase", "2", "--out", str(out)]
+    assert main(["schedule", "gen", MODEL, *args]) == 0
+    assert yaml.safe_load(out.read_text()) == {
+        0: {"params": ["head.weight", "head.bias"], "max_transition_epoch": 2},
+        1: {"params": ["body\\.2\\."], "max_transition_epoch": 4, "lr": 1e-3},
+        2: {"params": ["body\\.0\\."], "max_transition_epoch": 6, "lr": 1e-4},
+    }
+    assert main(["schedule", "validate", str(out), "--model", MODEL]) == 0
+    assert "valid: 3 phases, 6 parameter tensors scheduled" in capsys.readouterr().out
+
+
+def test_show_marks_freeze_and_scale_lrs(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "refreeze.yaml"
+    path.write_text("0: {params: [head.*]}\n1: {params: [body.*], freeze: [head.bias], scale_lrs: 0.5}\n")
+    assert main(["schedule", "show", str(path), "--model", MODEL]) == 0
+    out = capsys.readouterr().out
+    assert "| base_max_lr, earlier groups x0.5 | early stopping | body.0.weight" in out
+    assert "; freezes 1 again: head.bias |" in out
+
+
 def test_validate_accepts_a_good_schedule(capsys) -> None:
     assert main(["schedule", "validate", TOY_SCHEDULE, "--model", MODEL, "--strategy", "ddp"]) == 0
     assert "valid: 3 phases, 6 parameter tensors scheduled" in capsys.readouterr().out
@@ -42,6 +65,11 @@ def test_validate_accepts_a_good_schedule(capsys) -> None:
         ),
         ("0: {params: [head.*]}\n", ["--strategy", "warp_drive"], "Unknown strategy 'warp_drive'"),
         ("0: {params: [head.*]}\n", ["--epoch-transitions-only"], "needs a `max_transition_epoch` in every phase"),
+        (
+            "0: {params: [head.*]}\n1: {params: [body.2.*], freeze: [body.0.weight]}\n",
+            [],
+            "Phase 1 `freeze` entry 'body.0.weight' names 'body.0.weight', but no phase thaws it",
+        ),
     ],
 )
 def test_validate_exits_1_naming_the_error(tmp_path: Path, capsys, text: str, extra: list, expected: str) -> None:

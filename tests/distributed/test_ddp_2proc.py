@@ -32,13 +32,16 @@ def assert_replicas_equal_every_epoch(run) -> None:
 @pytest.mark.parametrize(
     ("launcher", "args", "depths"),
     [
-        ("torchrun", ("--mode", "epochs"), [0, 1, 1, 2, 2]),
+        ("torchrun", ("--mode", "epochs", "--refreeze"), [0, 1, 1, 2, 2]),
         ("lightning", ("--mode", "epochs"), [0, 1, 1, 2, 2]),
         ("torchrun", ("--mode", "early-stopping", "--scheduler", "steplr", "--max-epochs", "7"), [0, 0, 0, 1, 1, 2, 2]),
         ("torchrun", ("--mode", "early-stopping", "--optimizer", "zero", "--max-epochs", "7"), [0, 0, 0, 1, 1, 2, 2]),
         (
             "torchrun",
-            ("--mode", "early-stopping-stale", "--optimizer", "zero", "--scheduler", "steplr", "--max-epochs", "6"),
+            (
+                *("--mode", "early-stopping-stale", "--optimizer", "zero", "--scheduler", "steplr"),
+                *("--max-epochs", "6", "--refreeze"),
+            ),
             [0, 0, 0, 1, 2, 2],
         ),
         pytest.param(
@@ -49,11 +52,11 @@ def assert_replicas_equal_every_epoch(run) -> None:
         ),
     ],
     ids=[
-        "torchrun-epochs",
+        "torchrun-epochs-refreeze",
         "lightning-launcher-epochs",
         "torchrun-es-restore-steplr",
         "torchrun-zero-es-restore",
-        "torchrun-zero-restore-older-phase-steplr",
+        "torchrun-zero-restore-older-phase-across-a-freeze-steplr",
         "torchrun-fairscale-oss-restore-older-phase-steplr",
     ],
 )
@@ -70,6 +73,9 @@ def test_world_size_2_equals_single_process(tmp_path: Path, launcher: str, args:
     assert max_abs_diff(run.rank(0)["final"], reference.reference()["final"]) < REFERENCE_ATOL
     for ours, ref in zip(run.rank(0)["records"], reference.reference()["records"], strict=True):
         assert ours["lrs"] == pytest.approx(ref["lrs"]) and ours["trainable"] == ref["trainable"]
+    if "--refreeze" in args:  # phase 2 froze the head's bias again: DDP no longer syncs it
+        assert "layers.3.bias" not in run.rank(0)["ddp"]["synced"]
+        assert "layers.3.weight" in run.rank(0)["ddp"]["synced"]
 
 
 def test_without_the_adapter_replicas_diverge(tmp_path: Path) -> None:

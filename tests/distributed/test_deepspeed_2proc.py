@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.distributed.launch import TIMEOUT_S, Run, free_port, launch
-from tests.distributed.test_sharded_2proc import STALE, STALE_DEPTHS, assert_matches
+from tests.distributed.test_sharded_2proc import REFREEZE, STALE_DEPTHS, assert_matches, assert_refrozen
 
 pytestmark = [
     pytest.mark.distributed,
@@ -25,9 +25,9 @@ MEMORY_WORKER = Path(__file__).parent / "workers" / "deepspeed_memory.py"
 
 
 @pytest.fixture(scope="module")
-def stale_reference(tmp_path_factory: pytest.TempPathFactory) -> Run:
+def refreeze_reference(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """One process without DeepSpeed over the same global batches, with the same optimizer (SGD, momentum)."""
-    run = launch(tmp_path_factory.mktemp("reference"), *STALE, reference=True)
+    run = launch(tmp_path_factory.mktemp("reference"), *REFREEZE, reference=True)
     assert run.returncode == 0, run.output[-3000:]
     return run
 
@@ -45,15 +45,17 @@ def test_zero1_carries_every_group_across_transitions_without_a_restore(tmp_path
 
 
 @pytest.mark.parametrize("stage", [("zero2",), ("zero3", "--offload")], ids=["zero2", "zero3-offload"])
-def test_every_zero_stage_restores_an_earlier_phase_with_an_lr_scheduler(
-    tmp_path: Path, stale_reference: Run, stage: tuple[str, ...]
+def test_every_zero_stage_restores_an_earlier_phase_across_a_freeze_with_an_lr_scheduler(
+    tmp_path: Path, refreeze_reference: Run, stage: tuple[str, ...]
 ) -> None:
     """Phase 2 restores phase 0's best checkpoint: the optimizer is rebuilt with that checkpoint's single group
-    before the engine loads it, then regains phase 1's group (with its settings from before) and phase 2's."""
-    run = launch(tmp_path, "--strategy", *stage, *STALE)
+    before the engine loads it, then regains phase 1's group (with its settings from before) and phase 2's; phase 2
+    freezes the head's bias again, which leaves ZeRO's group 0, and halves the earlier groups' learning rates."""
+    run = launch(tmp_path, "--strategy", *stage, *REFREEZE)
     assert run.returncode == 0, run.output[-3000:]
-    assert_matches(run, stale_reference.reference(), STALE_DEPTHS)
-    assert "phase 2 of 2 begins at epoch 4: 202 trainable parameters in 8 tensors, 3 optimizer groups" in run.output
+    assert_matches(run, refreeze_reference.reference(), STALE_DEPTHS)
+    assert "phase 2 of 2 begins at epoch 4: 200 trainable parameters in 7 tensors, 3 optimizer groups" in run.output
+    assert_refrozen(run)
 
 
 def test_adamw_moments_and_step_counts_survive_every_rebuild_with_offload(tmp_path: Path) -> None:
@@ -69,17 +71,20 @@ def test_adamw_moments_and_step_counts_survive_every_rebuild_with_offload(tmp_pa
 
 
 def test_a_kill_mid_write_keeps_the_last_deepspeed_checkpoint_and_the_resume_matches(
-    tmp_path: Path, stale_reference: Run
+    tmp_path: Path, refreeze_reference: Run
 ) -> None:
-    killed = launch(tmp_path, "--strategy", "zero3", *STALE, "--kill-writing-last-at", "4")
+    """Killed while writing epoch 5's checkpoint, resumed from epoch 4's: taken after phase 2 froze the head's bias
+    again and scaled the learning rates."""
+    killed = launch(tmp_path, "--strategy", "zero3", *REFREEZE, "--kill-writing-last-at", "5")
     assert killed.returncode != 0
     resume_dir = tmp_path / "resume"
     assert sorted(p.name for p in resume_dir.iterdir()) == [".last.ckpt.fts-staging", "last.ckpt", "latest.ckpt"]
     assert (resume_dir / "last.ckpt" / "latest").read_text().strip() == "checkpoint"  # whole
-    resumed = launch(tmp_path, "--strategy", "zero3", *STALE, "--resume")
+    resumed = launch(tmp_path, "--strategy", "zero3", *REFREEZE, "--resume")
     assert resumed.returncode == 0, resumed.output[-3000:]
-    assert "resumed at phase 1 of 2" in resumed.output
-    assert_matches(resumed, stale_reference.reference(), [2, 2])
+    assert "resumed at phase 2 of 2" in resumed.output
+    assert_matches(resumed, refreeze_reference.reference(), [2])
+    assert "layers.3.bias" not in resumed.rank(0)["records"][0]["trainable"]
 
 
 def test_seven_transitions_keep_memory_flat_and_frozen_parameters_hold_no_state(tmp_path: Path) -> None:

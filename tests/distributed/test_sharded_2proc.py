@@ -19,13 +19,24 @@ REFERENCE_ATOL = 1e-5
 # phase 1 never beats epoch 1, so phase 2 (epoch 4) restores a checkpoint of phase 0, with one optimizer group
 STALE = ("--mode", "early-stopping-stale", "--scheduler", "steplr", "--max-epochs", "6")
 STALE_DEPTHS = [0, 0, 0, 1, 2, 2]
+# the same, with phase 2 freezing the head's bias again and halving the earlier groups' learning rates: phase 2
+# restores a checkpoint from before the freeze
+REFREEZE = (*STALE, "--refreeze")
 
 
 @pytest.fixture(scope="module")
 def stale_reference(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """One process over the global batches of the ``STALE`` run (shared by the tests that run it)."""
-    out = tmp_path_factory.mktemp("reference")
-    run = launch(out, *STALE, reference=True)
+    return reference_run(tmp_path_factory, STALE)
+
+
+@pytest.fixture(scope="module")
+def refreeze_reference(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    return reference_run(tmp_path_factory, REFREEZE)
+
+
+def reference_run(tmp_path_factory: pytest.TempPathFactory, args: tuple[str, ...]) -> Run:
+    run = launch(tmp_path_factory.mktemp("reference"), *args, reference=True)
     assert run.returncode == 0, run.output[-3000:]
     return run
 
@@ -50,19 +61,32 @@ def assert_matches(run: Run, reference: dict, depths: list[int]) -> None:
         assert ours["lrs"] == pytest.approx(ref["lrs"]) and ours["trainable"] == ref["trainable"]
 
 
-def test_fsdp2_restores_an_earlier_phase_with_an_lr_scheduler(tmp_path: Path, stale_reference: Run) -> None:
-    run = launch(tmp_path, "--strategy", "fsdp2", *STALE)
+def test_fsdp2_restores_an_earlier_phase_across_a_freeze_with_an_lr_scheduler(
+    tmp_path: Path, refreeze_reference: Run
+) -> None:
+    """Phase 2 restores phase 0's checkpoint, freezes the head's bias again inside its FSDP unit and halves the
+    earlier groups' learning rates."""
+    run = launch(tmp_path, "--strategy", "fsdp2", *REFREEZE)
     assert run.returncode == 0, run.output[-3000:]
-    assert_matches(run, stale_reference.reference(), STALE_DEPTHS)
-    assert "phase 2 of 2 begins at epoch 4: 202 trainable parameters in 8 tensors, 3 optimizer groups" in run.output
+    assert_matches(run, refreeze_reference.reference(), STALE_DEPTHS)
+    assert "phase 2 of 2 begins at epoch 4: 200 trainable parameters in 7 tensors, 3 optimizer groups" in run.output
+    assert_refrozen(run)
 
 
-def test_tensor_parallel_thaws_sharded_and_replicated_parameters(tmp_path: Path, stale_reference: Run) -> None:
+def assert_refrozen(run: Run) -> None:
+    """Phase 2 (epoch 4) froze layers.3.bias, kept 3 groups, and halved the earlier groups' StepLR rates."""
+    epoch3, epoch4 = run.rank(0)["records"][3:5]
+    assert "layers.3.bias" in epoch3["trainable"] and "layers.3.bias" not in epoch4["trainable"]
+    assert epoch4["lrs"] == pytest.approx([epoch3["lrs"][0] * 0.7 * 0.5, epoch3["lrs"][1] * 0.7 * 0.5, 0.02])
+    assert torch.equal(epoch4["weights"]["layers.3.bias"], run.rank(0)["final"]["layers.3.bias"])
+
+
+def test_tensor_parallel_thaws_sharded_and_replicated_parameters(tmp_path: Path, refreeze_reference: Run) -> None:
     """ModelParallelStrategy with the module's own tensor-parallel plan (both ranks split every layer and see the
-    whole global batch): the same run as one process."""
-    run = launch(tmp_path, "--strategy", "tp", *STALE)
+    whole global batch): the same run as one process, a freeze again included."""
+    run = launch(tmp_path, "--strategy", "tp", *REFREEZE)
     assert run.returncode == 0, run.output[-3000:]
-    assert_matches(run, stale_reference.reference(), STALE_DEPTHS)
+    assert_matches(run, refreeze_reference.reference(), STALE_DEPTHS)
 
 
 def test_fsdp2_bf16_mixed_precision_and_cpu_offload_after_thawing_modules_that_ran_frozen(tmp_path: Path) -> None:

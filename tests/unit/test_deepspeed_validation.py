@@ -11,6 +11,7 @@ import torch
 
 from fts_dist import DeepSpeedStrategy, FTSConfigError
 from fts_dist.adapters import DeepSpeedAdapter
+from fts_dist.schedule import Phase, Schedule
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="pip install fts-dist[deepspeed]")
 
@@ -42,8 +43,9 @@ def test_checkpoints_without_frozen_parameters_are_refused() -> None:
 
 
 def test_a_static_fp16_scale_and_bf16_are_accepted() -> None:
-    adapter({"fp16": {"enabled": True, "loss_scale": 128}}).validate_schedule(None, None)  # type: ignore[arg-type]
-    adapter({"bf16": {"enabled": True}}).validate_schedule(None, None)  # type: ignore[arg-type]
+    schedule = Schedule((Phase(("w",)),))
+    adapter({"fp16": {"enabled": True, "loss_scale": 128}}).validate_schedule(schedule, None)  # type: ignore[arg-type]
+    adapter({"bf16": {"enabled": True}}).validate_schedule(schedule, None)  # type: ignore[arg-type]
 
 
 def test_gradient_accumulation_that_does_not_divide_an_epoch_is_refused() -> None:
@@ -78,3 +80,18 @@ def test_only_optimizers_a_rebuild_carries_over_are_accepted(optimizer: Any, acc
     from fts_dist.adapters.deepspeed import _rebuildable
 
     assert _rebuildable(optimizer([torch.nn.Parameter(torch.zeros(2))])) is accepted
+
+
+def test_a_freeze_that_empties_an_optimizer_group_is_refused() -> None:
+    """DeepSpeed drops a group without trainable parameters; freezing part of a group is fine."""
+    module = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    ds = adapter({})
+    ds.group_members = [[module[1].weight, module[1].bias]]  # phase 0's group, as configure_optimizers built it
+    trainer = SimpleNamespace(lightning_module=module)
+
+    def schedule(freeze: tuple[str, ...]) -> Schedule:
+        return Schedule((Phase(("1.weight", "1.bias")), Phase(("0.weight", "0.bias"), freeze=freeze)))
+
+    ds.validate_schedule(schedule(("1.bias",)), trainer)  # type: ignore[arg-type]
+    with pytest.raises(FTSConfigError, match=r"Phase 1 freezes every parameter of an optimizer group \(\['1.weight'"):
+        ds.validate_schedule(schedule(("1.weight", "1.bias")), trainer)  # type: ignore[arg-type]

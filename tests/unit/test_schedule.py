@@ -29,6 +29,21 @@ def test_original_format_round_trips_through_yaml(tmp_path: Path) -> None:
     assert schedule.to_dict() == raw
 
 
+def test_freeze_and_scale_lrs_resolve_round_trip_and_leave_the_trainable_set() -> None:
+    raw = {
+        0: {"params": ["head.*"]},
+        1: {"params": ["body.2.*"], "lr": 1e-3},
+        2: {"params": ["body.0.*"], "freeze": ["head.b.*", "body.2.weight"], "scale_lrs": 0.25},
+    }
+    schedule = Schedule.from_dict(raw)
+    assert schedule.to_dict() == raw
+    resolved = resolve_schedule(schedule, NAMES).schedule
+    assert resolved[2].freeze == ("body.2.weight", "head.bias")  # parameter order
+    assert resolved[2].scale_lrs == 0.25
+    assert resolved.trainable_at(1) == ("head.weight", "head.bias", "body.2.weight", "body.2.bias")
+    assert resolved.trainable_at(2) == ("head.weight", "body.2.bias", "body.0.weight", "body.0.bias")
+
+
 def test_yaml_written_for_the_original_loads_unchanged(tmp_path: Path) -> None:
     path = tmp_path / "orig.yaml"
     path.write_text(
@@ -65,6 +80,34 @@ def test_resolution_expands_regexes_in_parameter_order_and_lists_unscheduled() -
             "params",
         ),
         ({0: {"params": ["head.*"]}, 1: {"params": ["body.(["]}}, "nor a valid regular expression", 1, "params"),
+        (
+            {0: {"params": ["head.*"]}, 1: {"params": ["body.2.*"], "freeze": ["body.2.bias"]}},
+            "Phase 1 `freeze` entry 'body.2.bias' names 'body.2.bias', but phase 1 thaws it",
+            1,
+            "freeze",
+        ),
+        (
+            {0: {"params": ["head.*"]}, 1: {"params": ["body.2.*"], "freeze": ["body.*"]}},
+            "entry 'body.*' names 'body.0.weight', but no phase thaws it: a phase can freeze again only",
+            1,
+            "freeze",
+        ),
+        (
+            {
+                0: {"params": ["head.*"]},
+                1: {"params": ["body.2.*"], "freeze": ["head.bias"]},
+                2: {"params": ["body.0.*"], "freeze": ["head.*"]},
+            },
+            "Phase 2 `freeze` entry 'head.*' names 'head.bias', which phase 1 froze already",
+            2,
+            "freeze",
+        ),
+        (
+            {0: {"params": ["head.*"]}, 1: {"params": ["body.2.*"], "freeze": ["tail.*"]}},
+            "Phase 1 `freeze` entry 'tail.*' matches no parameter",
+            1,
+            "freeze",
+        ),
     ],
 )
 def test_resolution_errors_name_phase_and_entry(raw: dict, match: str, phase: int, key: str) -> None:
@@ -89,6 +132,11 @@ def test_resolution_errors_name_phase_and_entry(raw: dict, match: str, phase: in
         ),
         ({0: {"params": ["x"]}, 1: {"params": ["y"], "lr": "fast"}}, "Phase 1 `lr` must be a non-negative number"),
         ({0: {"params": ["x"], "new_optimizer": {}}}, r"Phase 0 has unsupported key\(s\) \['new_optimizer'\]"),
+        ({0: {"params": ["x"], "freeze": ["x"]}}, "Phase 0 has `freeze`, but nothing has thawed before it"),
+        ({0: {"params": ["x"], "scale_lrs": 0.5}}, "Phase 0 has `scale_lrs`, but it starts with the optimizer"),
+        ({0: {"params": ["x"]}, 1: {"params": ["y"], "scale_lrs": 0}}, "Phase 1 `scale_lrs` must be a positive"),
+        ({0: {"params": ["x"]}, 1: {"params": ["y"], "scale_lrs": "half"}}, "Phase 1 `scale_lrs` must be a non-neg"),
+        ({0: {"params": ["x"]}, 1: {"params": ["y"], "freeze": []}}, "Phase 1 needs `freeze`: a non-empty list"),
         ([1, 2], "must be a non-empty mapping"),
     ],
 )

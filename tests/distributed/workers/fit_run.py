@@ -33,7 +33,7 @@ from tests.distributed.sharded_modules import (
     engine_full_state,
     full_state,
 )
-from tests.modules import SCHEDULE
+from tests.modules import REFREEZE_SCHEDULE, SCHEDULE
 from tests.worker_exit import finish_worker
 
 SHARDED = ("fsdp2", "hsdp", "tp", "fsdp1")
@@ -41,7 +41,12 @@ DEEPSPEED = ("zero1", "zero2", "zero3")
 BATCH, STEPS = 4, 3
 WORLD = int(os.environ.get("FTS_TEST_WORLD", "2"))  # 1 for the single-GPU checks
 ACCELERATOR = os.environ.get("FTS_TEST_ACCELERATOR", "cpu")
-EPOCH_SCHEDULE = {d: {**p, "max_transition_epoch": e} for (d, p), e in zip(SCHEDULE.items(), (1, 3, 3), strict=True)}
+
+
+def with_epochs(schedule: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    return {d: {**p, "max_transition_epoch": e} for (d, p), e in zip(schedule.items(), (1, 3, 3), strict=True)}
+
+
 SCRIPTS = {
     "early-stopping": [1.0, 0.5, 0.9, 0.4, 0.45, 0.3, 0.2],  # phase 1 from epoch 3, phase 2 from epoch 5
     # phase 1 never beats epoch 1: phase 2 (epoch 4) restores a checkpoint with fewer optimizer groups
@@ -210,6 +215,7 @@ def main() -> None:
     parser.add_argument("--kill-writing-last-at", type=int, default=None, help="SIGKILL rank 0 mid-write")
     parser.add_argument("--resume", action="store_true", help="fit(ckpt_path='last') from OUT/ckpts")
     parser.add_argument("--no-restore", action="store_true", help="restore_best=False")
+    parser.add_argument("--refreeze", action="store_true", help="phase 2 freezes a tensor again and scales lrs")
     args = parser.parse_args()
     out = Path(args.out)
     torch.set_num_threads(1)
@@ -217,7 +223,8 @@ def main() -> None:
         register_adapter(DDPStrategy, StrategyAdapter)
 
     model = build_model(args)
-    schedule = EPOCH_SCHEDULE if args.mode == "epochs" else SCHEDULE
+    schedule = REFREEZE_SCHEDULE if args.refreeze else SCHEDULE
+    schedule = with_epochs(schedule) if args.mode == "epochs" else schedule
     if args.plant == "unused":  # a thawed layer that forward never calls
         model.spare = torch.nn.Linear(2, 2)
         schedule = {**schedule, 1: {**schedule[1], "params": [*schedule[1]["params"], "spare.*"]}}
