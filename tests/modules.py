@@ -19,10 +19,12 @@ SCHEDULE: dict[int, dict[str, Any]] = {
     1: {"params": ["layers.2.*"], "lr": 0.05},
     2: {"params": ["layers.[01].weight", "layers.[01].bias"], "lr": 0.02},
 }
-# fts_dist's own keys: phase 2 freezes the head's bias again and halves the earlier groups' learning rates
+# fts_dist's own keys: phase 2 freezes layers.1 again (one of phase 1's two layers, so its group keeps layers.2;
+# a whole layer, so FSDP1 units per layer stay uniform) and halves the earlier groups' learning rates
 REFREEZE_SCHEDULE: dict[int, dict[str, Any]] = {
-    **SCHEDULE,
-    2: {**SCHEDULE[2], "freeze": ["layers.3.bias"], "scale_lrs": 0.5},
+    0: SCHEDULE[0],
+    1: {"params": ["layers.[12].*"], "lr": 0.05},
+    2: {"params": ["layers.0.*"], "lr": 0.02, "freeze": ["layers.1.*"], "scale_lrs": 0.5},
 }
 
 

@@ -1,6 +1,6 @@
 """One time-to-accuracy run on the demo task (all-MiniLM-L6-v2, BBC News), one process.
 
-Variants: ``explicit`` and ``implicit`` (fts_dist schedules), ``head-only`` and ``full`` (baselines), and
+Variants: ``explicit``, ``blocks`` (generated block-wise) and ``implicit`` (fts_dist schedules), ``head-only`` and ``full`` (baselines), and
 ``finetuning-scheduler`` (2.14.1 with the packaged explicit schedule, the same module under ``lightning.pytorch``).
 ``--budget S`` caps wall time. Writes OUT/tta-VARIANT-sSEED.json: (seconds, val_acc) after every validation.
 """
@@ -77,7 +77,9 @@ def run_finetuning_scheduler(config: DemoConfig, timeline_for: Any) -> list[tupl
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--variant", choices=["explicit", "implicit", "head-only", "full", "finetuning-scheduler"])
+    parser.add_argument(
+        "--variant", choices=["explicit", "blocks", "implicit", "head-only", "full", "finetuning-scheduler"]
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--budget", type=float, default=None)

@@ -21,7 +21,8 @@ def add_demo_parser(commands: argparse._SubParsersAction) -> None:
     demo.add_argument(
         "--schedule",
         default="explicit",
-        help="'explicit' (the packaged 3-phase YAML), 'implicit' (generated: two tensors per phase) or a YAML path",
+        help="'explicit' (the packaged 3-phase YAML), 'implicit' (generated: two tensors per phase), 'blocks' "
+        "(generated block-wise: the head, two encoder layers a phase from the top, the embeddings) or a YAML path",
     )
     demo.add_argument(
         "--strategy",

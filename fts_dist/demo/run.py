@@ -23,11 +23,13 @@ from pytorch_lightning.strategies import ModelParallelStrategy
 from fts_dist.callbacks import FinetuningScheduler, FTSCheckpoint, FTSEarlyStopping
 from fts_dist.demo.progress import FTSProgressBar, PhaseSummary
 from fts_dist.runtime.elastic import init_process_group_for_attempt
+from fts_dist.schedule import generate_block_schedule
 from fts_dist.strategies import DeepSpeedStrategy, FSDPStrategy
 
 _MODES = ("schedule", "head-only", "full")
 STRATEGIES = ("auto", "ddp", "fsdp2", "fsdp1", "deepspeed")
 _DEFAULT_ROOT_DIR = "fts_dist_demo_logs"
+BLOCK_OPTIONS: dict[str, Any] = {"blocks_per_phase": 2, "lr_decay": 0.5, "epochs_per_phase": 1}
 
 
 @dataclass
@@ -35,7 +37,7 @@ class DemoConfig:
     """One demo run. ``quick()`` and ``full()`` are the two documented forms."""
 
     mode: str = "schedule"
-    schedule: str = "explicit"  # "explicit" (packaged), "implicit" (generated) or a YAML path
+    schedule: str = "explicit"  # "explicit" (packaged), "implicit" or "blocks" (generated) or a YAML path
     max_epochs: int = 5
     train_per_class: int = 80
     val_per_class: int = 40
@@ -86,10 +88,20 @@ def _distributed_launch_devices() -> tuple[int, int]:
     return local, max(1, world // max(local, 1))
 
 
-def _scheduler_callbacks(config: DemoConfig) -> list[Any]:
+def block_schedule(module: torch.nn.Module, lr: float) -> dict[int, dict[str, Any]]:
+    """The demo's generated block-wise schedule: the head, then the encoder two layers a phase from the top, then
+    the embeddings; each phase one epoch at most, at half the learning rate of the phase above, from ``lr``."""
+    names = [name for name, _ in module.named_parameters()]
+    return generate_block_schedule(names, lr=lr, **BLOCK_OPTIONS).to_dict()
+
+
+def _scheduler_callbacks(config: DemoConfig, module: torch.nn.Module) -> list[Any]:
     if config.mode != "schedule":
         return []
-    ft_schedule = {"explicit": explicit_schedule_path(), "implicit": None}.get(config.schedule, config.schedule)
+    if config.schedule == "blocks":
+        ft_schedule: Any = block_schedule(module, config.full_lr)
+    else:
+        ft_schedule = {"explicit": explicit_schedule_path(), "implicit": None}.get(config.schedule, config.schedule)
     return [
         FinetuningScheduler(ft_schedule=ft_schedule, base_max_lr=config.full_lr),
         FTSEarlyStopping(monitor="val_loss", patience=config.patience),
@@ -97,10 +109,10 @@ def _scheduler_callbacks(config: DemoConfig) -> list[Any]:
     ]
 
 
-def _build_trainer(config: DemoConfig, root: Path) -> tuple[pl.Trainer, PhaseSummary]:
+def _build_trainer(config: DemoConfig, root: Path, module: torch.nn.Module) -> tuple[pl.Trainer, PhaseSummary]:
     devices, num_nodes = _distributed_launch_devices()
     summary = PhaseSummary(metric="val_acc", mode="max", print_table=False)
-    callbacks = [*_scheduler_callbacks(config), summary, *config.extra_callbacks]
+    callbacks = [*_scheduler_callbacks(config, module), summary, *config.extra_callbacks]
     if config.progress_bar:
         callbacks.append(FTSProgressBar())
     budget = None if config.time_budget_s is None else timedelta(seconds=config.time_budget_s)
@@ -160,7 +172,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         path, config.train_per_class, config.val_per_class, config.max_length, config.batch_size, config.seed
     )
     init_process_group_for_attempt()  # under torchrun: elastic restarts get a clean rendezvous
-    trainer, summary = _build_trainer(config, root)
+    trainer, summary = _build_trainer(config, root, model)
     started = time.perf_counter()
     trainer.fit(model, datamodule=data)
     seconds = time.perf_counter() - started

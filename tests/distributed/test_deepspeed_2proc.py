@@ -50,11 +50,12 @@ def test_every_zero_stage_restores_an_earlier_phase_across_a_freeze_with_an_lr_s
 ) -> None:
     """Phase 2 restores phase 0's best checkpoint: the optimizer is rebuilt with that checkpoint's single group
     before the engine loads it, then regains phase 1's group (with its settings from before) and phase 2's; phase 2
-    freezes the head's bias again, which leaves ZeRO's group 0, and halves the earlier groups' learning rates."""
+    freezes layers.1 again, which leaves ZeRO's group 1 (layers.2 stays), and halves the earlier groups' learning
+    rates."""
     run = launch(tmp_path, "--strategy", *stage, *REFREEZE)
     assert run.returncode == 0, run.output[-3000:]
     assert_matches(run, refreeze_reference.reference(), STALE_DEPTHS)
-    assert "phase 2 of 2 begins at epoch 4: 200 trainable parameters in 7 tensors, 3 optimizer groups" in run.output
+    assert "phase 2 of 2 begins at epoch 4: 130 trainable parameters in 6 tensors, 3 optimizer groups" in run.output
     assert_refrozen(run)
 
 
@@ -73,8 +74,8 @@ def test_adamw_moments_and_step_counts_survive_every_rebuild_with_offload(tmp_pa
 def test_a_kill_mid_write_keeps_the_last_deepspeed_checkpoint_and_the_resume_matches(
     tmp_path: Path, refreeze_reference: Run
 ) -> None:
-    """Killed while writing epoch 5's checkpoint, resumed from epoch 4's: taken after phase 2 froze the head's bias
-    again and scaled the learning rates."""
+    """Killed while writing epoch 5's checkpoint, resumed from epoch 4's: taken after phase 2 froze layers.1 again
+    and scaled the learning rates."""
     killed = launch(tmp_path, "--strategy", "zero3", *REFREEZE, "--kill-writing-last-at", "5")
     assert killed.returncode != 0
     resume_dir = tmp_path / "resume"
@@ -84,7 +85,7 @@ def test_a_kill_mid_write_keeps_the_last_deepspeed_checkpoint_and_the_resume_mat
     assert resumed.returncode == 0, resumed.output[-3000:]
     assert "resumed at phase 2 of 2" in resumed.output
     assert_matches(resumed, refreeze_reference.reference(), [2])
-    assert "layers.3.bias" not in resumed.rank(0)["records"][0]["trainable"]
+    assert "layers.1.weight" not in resumed.rank(0)["records"][0]["trainable"]
 
 
 def test_seven_transitions_keep_memory_flat_and_frozen_parameters_hold_no_state(tmp_path: Path) -> None:

@@ -19,24 +19,15 @@ REFERENCE_ATOL = 1e-5
 # phase 1 never beats epoch 1, so phase 2 (epoch 4) restores a checkpoint of phase 0, with one optimizer group
 STALE = ("--mode", "early-stopping-stale", "--scheduler", "steplr", "--max-epochs", "6")
 STALE_DEPTHS = [0, 0, 0, 1, 2, 2]
-# the same, with phase 2 freezing the head's bias again and halving the earlier groups' learning rates: phase 2
-# restores a checkpoint from before the freeze
+# the same with tests.modules.REFREEZE_SCHEDULE: phase 2 restores a checkpoint from before it freezes layers.1
+# again and halves the earlier groups' learning rates
 REFREEZE = (*STALE, "--refreeze")
 
 
 @pytest.fixture(scope="module")
-def stale_reference(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    """One process over the global batches of the ``STALE`` run (shared by the tests that run it)."""
-    return reference_run(tmp_path_factory, STALE)
-
-
-@pytest.fixture(scope="module")
 def refreeze_reference(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    return reference_run(tmp_path_factory, REFREEZE)
-
-
-def reference_run(tmp_path_factory: pytest.TempPathFactory, args: tuple[str, ...]) -> Run:
-    run = launch(tmp_path_factory.mktemp("reference"), *args, reference=True)
+    """One process over the global batches of the ``REFREEZE`` run (shared by the tests that run it)."""
+    run = launch(tmp_path_factory.mktemp("reference"), *REFREEZE, reference=True)
     assert run.returncode == 0, run.output[-3000:]
     return run
 
@@ -64,21 +55,21 @@ def assert_matches(run: Run, reference: dict, depths: list[int]) -> None:
 def test_fsdp2_restores_an_earlier_phase_across_a_freeze_with_an_lr_scheduler(
     tmp_path: Path, refreeze_reference: Run
 ) -> None:
-    """Phase 2 restores phase 0's checkpoint, freezes the head's bias again inside its FSDP unit and halves the
-    earlier groups' learning rates."""
+    """Phase 2 restores phase 0's checkpoint, freezes layers.1 again and halves the earlier groups' learning
+    rates."""
     run = launch(tmp_path, "--strategy", "fsdp2", *REFREEZE)
     assert run.returncode == 0, run.output[-3000:]
     assert_matches(run, refreeze_reference.reference(), STALE_DEPTHS)
-    assert "phase 2 of 2 begins at epoch 4: 200 trainable parameters in 7 tensors, 3 optimizer groups" in run.output
+    assert "phase 2 of 2 begins at epoch 4: 130 trainable parameters in 6 tensors, 3 optimizer groups" in run.output
     assert_refrozen(run)
 
 
 def assert_refrozen(run: Run) -> None:
-    """Phase 2 (epoch 4) froze layers.3.bias, kept 3 groups, and halved the earlier groups' StepLR rates."""
+    """Phase 2 (epoch 4) froze layers.1 again, kept 3 groups, and halved the earlier groups' StepLR rates."""
     epoch3, epoch4 = run.rank(0)["records"][3:5]
-    assert "layers.3.bias" in epoch3["trainable"] and "layers.3.bias" not in epoch4["trainable"]
+    assert "layers.1.weight" in epoch3["trainable"] and "layers.1.weight" not in epoch4["trainable"]
     assert epoch4["lrs"] == pytest.approx([epoch3["lrs"][0] * 0.7 * 0.5, epoch3["lrs"][1] * 0.7 * 0.5, 0.02])
-    assert torch.equal(epoch4["weights"]["layers.3.bias"], run.rank(0)["final"]["layers.3.bias"])
+    assert torch.equal(epoch4["weights"]["layers.1.weight"], run.rank(0)["final"]["layers.1.weight"])
 
 
 def test_tensor_parallel_thaws_sharded_and_replicated_parameters(tmp_path: Path, refreeze_reference: Run) -> None:
@@ -101,22 +92,24 @@ def test_fsdp2_bf16_mixed_precision_and_cpu_offload_after_thawing_modules_that_r
 
 @pytest.mark.parametrize(("strategy", "extra"), [("fsdp2", ()), ("fsdp1", ("--sharding", "SHARD_GRAD_OP"))])
 def test_a_kill_mid_sharded_write_keeps_the_last_checkpoint_and_the_resume_matches(
-    tmp_path: Path, stale_reference: Run, strategy: str, extra: tuple[str, ...]
+    tmp_path: Path, refreeze_reference: Run, strategy: str, extra: tuple[str, ...]
 ) -> None:
     """Rank 0 is SIGKILLed after the shards of epoch 4's last.ckpt are written, before its metadata; the resume
-    starts from epoch 3's (phase 1, two optimizer groups), thaws phase 2 right after validation and restores phase
-    0's best checkpoint, and ends where the uninterrupted reference ends."""
-    killed = launch(tmp_path, "--strategy", strategy, *extra, *STALE, "--kill-writing-last-at", "4")
+    starts from epoch 3's (phase 1, two optimizer groups), thaws phase 2 right after validation, restores phase
+    0's best checkpoint, freezes layers.1 again (a whole FSDP1 unit), and ends where the uninterrupted reference
+    ends."""
+    killed = launch(tmp_path, "--strategy", strategy, *extra, *REFREEZE, "--kill-writing-last-at", "4")
     assert killed.returncode != 0
     resume_dir = tmp_path / "resume"
     assert sorted(p.name for p in resume_dir.iterdir()) == [".last.ckpt.fts-staging", "last.ckpt", "latest.ckpt"]
     assert not (resume_dir / ".last.ckpt.fts-staging" / "meta.pt").exists()  # the interrupted write
     assert torch.load(resume_dir / "last.ckpt" / "meta.pt", weights_only=False)["epoch"] == 3  # the previous one
 
-    resumed = launch(tmp_path, "--strategy", strategy, *extra, *STALE, "--resume")
+    resumed = launch(tmp_path, "--strategy", strategy, *extra, *REFREEZE, "--resume")
     assert resumed.returncode == 0, resumed.output[-3000:]
     assert "resumed at phase 1 of 2" in resumed.output
-    assert_matches(resumed, stale_reference.reference(), [2, 2])
+    assert_matches(resumed, refreeze_reference.reference(), [2, 2])
+    assert "layers.1.weight" not in resumed.rank(0)["records"][0]["trainable"]
     assert not (resume_dir / ".last.ckpt.fts-staging").exists()  # the next save cleared it
 
 

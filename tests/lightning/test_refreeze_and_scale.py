@@ -25,20 +25,19 @@ def test_a_phase_freezes_again_and_scales_the_earlier_groups(fit) -> None:
     model = Recorder(scheduler=decay)
     model, trainer, fts = fit(model, ft_schedule=SCHEDULE, epoch_transitions_only=True, max_epochs=4)
     assert depths_by_epoch(model.records) == [0, 1, 2, 2]
-    bias_trainable = ["layers.3.bias" in r["trainable"] for r in model.records]
-    assert bias_trainable == [True, True, False, False]
-    assert "layers.3.weight" in model.records[-1]["trainable"]
+    assert ["layers.1.weight" in r["trainable"] for r in model.records] == [False, True, False, False]
+    assert "layers.2.weight" in model.records[-1]["trainable"]
     # a group joins at its lr, then follows LambdaLR's factor of the epoch from its own base rate; from epoch 2,
     # groups 0 and 1 run at half their rates, and stay there
     assert model.records[1]["lrs"] == pytest.approx([0.1 * 0.9, 0.05])
     assert model.records[2]["lrs"] == pytest.approx([0.1 * 0.81 * 0.5, 0.05 * 0.81 * 0.5, 0.02])
     assert model.records[3]["lrs"] == pytest.approx([0.1 * 0.729 * 0.5, 0.05 * 0.729 * 0.5, 0.02 * 0.729])
-    # the frozen bias keeps its group and stops moving; the weight beside it trains on
-    group0 = trainer.optimizers[0].param_groups[0]["params"]
-    assert any(p is model.layers[3].bias for p in group0)
-    assert torch.equal(model.records[2]["weights"]["layers.3.bias"], model.layers[3].bias.detach())
-    assert not torch.equal(model.records[2]["weights"]["layers.3.weight"], model.layers[3].weight.detach())
-    assert fts.trainable_numel == sum(p.numel() for p in model.parameters()) - 2
+    # the frozen layer keeps its place in phase 1's group and stops moving; layers.2 beside it trains on
+    group1 = trainer.optimizers[0].param_groups[1]["params"]
+    assert any(p is model.layers[1].weight for p in group1)
+    assert torch.equal(model.records[2]["weights"]["layers.1.weight"], model.layers[1].weight.detach())
+    assert not torch.equal(model.records[2]["weights"]["layers.2.weight"], model.layers[2].weight.detach())
+    assert fts.trainable_numel == sum(p.numel() for p in model.parameters()) - 72
 
 
 def test_resume_after_a_freeze_and_a_scale_equals_the_uninterrupted_run(fit, tmp_path_factory) -> None:

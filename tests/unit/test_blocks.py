@@ -152,3 +152,16 @@ def test_gen_block_schedule_writes_a_file_the_callback_loads(tmp_path) -> None:
     ]
     assert [p.lr for p in Schedule.from_dict(resolved.to_dict()).phases] == pytest.approx([None, 1e-3, 1e-4])
     assert path.name == "Sequential_ft_schedule.yaml"
+
+
+@needs_transformers
+def test_the_demo_block_schedule_is_head_layer_pairs_from_the_top_then_embeddings() -> None:
+    from fts_dist.demo.run import BLOCK_OPTIONS, block_schedule
+
+    demo_like = nn.Module()
+    demo_like.backbone, demo_like.head = minilm(), nn.Linear(384, 5)
+    schedule = Schedule.from_dict(block_schedule(demo_like, lr=5e-5))
+    layers = BLOCK_OPTIONS["blocks_per_phase"]
+    top_down = [[rf"backbone\.encoder\.layer\.{i}\." for i in range(5 - s, 5 - s - layers, -1)] for s in range(0, 6, layers)]
+    assert [list(p.params) for p in schedule.phases[1:-1]] == top_down
+    assert schedule[0].params == ("head.weight", "head.bias") and schedule[-1].params[0].startswith("backbone.embed")
