@@ -162,6 +162,7 @@ def test_the_demo_block_schedule_is_head_layer_pairs_from_the_top_then_embedding
     demo_like.backbone, demo_like.head = minilm(), nn.Linear(384, 5)
     schedule = Schedule.from_dict(block_schedule(demo_like, lr=5e-5))
     layers = BLOCK_OPTIONS["blocks_per_phase"]
-    top_down = [[rf"backbone\.encoder\.layer\.{i}\." for i in range(5 - s, 5 - s - layers, -1)] for s in range(0, 6, layers)]
+    top = range(5, -1, -1)
+    top_down = [[rf"backbone\.encoder\.layer\.{i}\." for i in top[s : s + layers]] for s in range(0, 6, layers)]
     assert [list(p.params) for p in schedule.phases[1:-1]] == top_down
     assert schedule[0].params == ("head.weight", "head.bias") and schedule[-1].params[0].startswith("backbone.embed")
