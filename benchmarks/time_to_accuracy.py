@@ -77,8 +77,8 @@ def run(quick: bool, out: Path) -> list[Section]:
         f"\n\nMedians over seeds {seeds}; one process, CPU; 200 validation articles, so one article is 0.005. "
         "Head-only and full fine-tuning (AdamW, lr 1e-3 and 5e-5) and the implicit schedule get the explicit "
         "schedule's wall time as their budget. `blocks` is the schedule `gen_block_schedule` writes for the demo "
-        "model (`fts-dist demo --schedule blocks`: head; encoder layers 5-4, 3-2, 1-0; embeddings; lr 5e-5 halved "
-        "per phase; one epoch a phase at most), within the explicit schedule's 5 epochs."
+        "model (`fts-dist demo --schedule blocks`: head; encoder layers 5-4, 3-2, 1-0; embeddings; lr 5e-5, 0.7 times "
+        "per phase deeper; one epoch a phase at most), within the explicit schedule's 5 epochs."
     )
     plot = save_curves(out / "time_to_accuracy.png", {v: p[0] for v, p in runs.items()})
     return [Section("(e) Time to accuracy on the demo task", body, [plot])]

@@ -1,5 +1,5 @@
-"""The Docker images: lint-clean, pinned, non-root, and their entrypoint maps cluster environments (no Docker
-engine on CI machines, so the entrypoint's logic runs here directly)."""
+"""The Docker images: lint-clean, pinned, non-root, their entrypoint maps cluster environments, and the CPU image
+builds from scratch offline and runs (buildah, no Docker engine: ``docker/test-image.sh``)."""
 
 from __future__ import annotations
 
@@ -25,9 +25,12 @@ def test_hadolint_is_clean(dockerfile: Path) -> None:
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_images_pin_versions_and_run_as_a_user(dockerfile: Path) -> None:
     text = dockerfile.read_text()
-    assert "FROM python:3.11.11-slim-bookworm" in text and "torch==2.13.0" in text
-    assert "--constraint docker/constraints.txt" in text and "USER 10001" in text
+    assert "ARG BASE=python:3.11.11-slim-bookworm\nFROM ${BASE}" in text
+    assert "--mount=type=bind,source=docker/wheelhouse" in text and "USER 10001" in text
     assert 'ENTRYPOINT ["fts-dist-entrypoint"]' in text
+    install = (ROOT / "docker" / "install.sh").read_text()
+    assert "--no-index --find-links" in install and "torch==2.13.0" in install
+    assert "--constraint docker/constraints.txt" in install
 
 
 def entrypoint(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -59,3 +62,33 @@ def test_entrypoint_names_a_missing_setting() -> None:
 def test_entrypoint_without_arguments_prints_usage() -> None:
     proc = entrypoint({})
     assert proc.returncode == 2 and "usage: fts-dist-entrypoint" in proc.stderr
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(1800)
+def test_the_cpu_image_builds_offline_and_runs_fit_on_two_processes() -> None:
+    """Base image from Debian's packages, wheels from a wheelhouse, build without a network; inside: the version,
+    the entrypoint's torchrun mapping under SLURM and a PyTorchJob, and a 2-phase fit on 2 processes."""
+    proc = subprocess.run(
+        ["bash", str(ROOT / "docker" / "test-image.sh")], capture_output=True, text=True, timeout=1700
+    )
+    if proc.returncode == 77:  # this machine cannot build images: the script says why
+        pytest.skip(proc.stderr.strip().splitlines()[-1])
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "installing offline from the wheelhouse" in out
+    assert f"fts-dist {fts_dist_version()}" in out
+    slurm = "-m torch.distributed.run --nnodes 2 --node_rank 1 --nproc_per_node 4 --max-restarts 0"
+    assert f"{slurm} --rdzv-backend c10d --rdzv-endpoint gpu07:29500 --rdzv-id 4242 -m fts_dist.cli fit" in out
+    job = "--nnodes 3 --node_rank 2 --nproc_per_node 8 --max-restarts 0 --rdzv-backend c10d"
+    assert f"{job} --rdzv-endpoint job-master-0:23456 --rdzv-id fts_dist -m fts_dist.cli fit" in out
+    assert "valid: 3 phases, 6 parameter tensors scheduled" in out  # examples/ from the user's working directory
+    assert "--standalone --nproc_per_node 2" in out and "fts_dist: ranks: rank 0 = " in out and ", rank 1 = " in out
+    assert "phase 1 of 1 begins at epoch 1: 1,732 trainable parameters in 6 tensors, 2 optimizer groups" in out
+    assert "fine-tuning ended at phase 1 (phase 0 from epoch 0, phase 1 from epoch 1)" in out
+
+
+def fts_dist_version() -> str:
+    from fts_dist import __version__
+
+    return __version__
