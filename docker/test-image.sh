@@ -65,8 +65,8 @@ find "$context" -name __pycache__ -prune -exec rm -rf {} +
 
 step "building $image offline (no network)"
 started=$SECONDS
-buildah bud --quiet --network none --build-arg "BASE=$base" -f "docker/Dockerfile.$flavour" -t "$image" "$context" \
-  | tail -3
+buildah bud --network none --build-arg "BASE=$base" -f "docker/Dockerfile.$flavour" -t "$image" "$context" \
+  | { grep -v "^\(Requirement already\|Collecting\|  Downloading\|Processing\|Using cached\)" || true; }
 echo "image $image: $(buildah images --format '{{.Size}}' "$image") built in $((SECONDS - started)) s"
 
 container=$(buildah from --quiet "$image")

@@ -9,9 +9,11 @@ set -euo pipefail
 flavour=${1:?usage: docker/wheelhouse.sh cpu|cuda [DEST]}
 root=$(cd "$(dirname "$0")/.." && pwd)
 dest=$(mkdir -p "${2:-$root/docker/wheelhouse}" && cd "${2:-$root/docker/wheelhouse}" && pwd)
+# torch===2.13.0 (string equality) is PyPI's CUDA build, never a local +cpu one that pip would otherwise prefer
 case $flavour in
-  cpu) extras=demo; torch_index=(--index-url "${FTS_TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}") ;;
-  cuda) extras=demo,deepspeed; torch_index=() ;;
+  cpu) extras=demo torch=torch==2.13.0
+    torch_index=(--index-url "${FTS_TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}") ;;
+  cuda) extras=demo,deepspeed torch=torch===2.13.0 torch_index=() ;;
   *) echo "docker/wheelhouse.sh: cpu or cuda, not '$flavour'" >&2; exit 2 ;;
 esac
 python3 - <<'PY' || echo "docker/wheelhouse.sh: warning: the images run CPython 3.11 on Linux x86_64; these wheels are for this machine" >&2
@@ -19,8 +21,10 @@ import platform, sys
 sys.exit(sys.version_info[:2] != (3, 11) or platform.machine() != "x86_64" or sys.platform != "linux")
 PY
 cd "$root"
-pip download --quiet --no-deps --dest "$dest" "${torch_index[@]}" torch==2.13.0
-# the project's dependencies (its own source goes into the image from the build context) and its build backend
-pip download --quiet --dest "$dest" --constraint docker/constraints.txt "setuptools>=68" torch==2.13.0 ".[$extras]"
+pip download --quiet --no-deps --dest "$dest" "${torch_index[@]}" "$torch"
+# torch's and the project's dependencies (its own source goes into the image from the build context), its build
+# backend; the torch just fetched is a candidate (a +cpu build sorts above PyPI's)
+pip download --quiet --dest "$dest" --find-links "$dest" --constraint docker/constraints.txt \
+  "setuptools>=68" "$torch" ".[$extras]"
 rm -f "$dest"/fts_dist-* "$dest"/fts-dist-*
 find "$dest" -name '*.whl' | wc -l | xargs printf "docker/wheelhouse.sh: %s wheels in $dest (%s)\n" "$(du -sh "$dest" | cut -f1)"
