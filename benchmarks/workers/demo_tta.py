@@ -1,7 +1,8 @@
 """One time-to-accuracy run on the demo task (all-MiniLM-L6-v2, BBC News), one process.
 
-Variants: ``explicit``, ``blocks`` (generated block-wise) and ``implicit`` (fts_dist schedules), ``head-only`` and ``full`` (baselines), and
-``finetuning-scheduler`` (2.14.1 with the packaged explicit schedule, the same module under ``lightning.pytorch``).
+Variants: ``explicit``, ``blocks`` (generated block-wise) and ``implicit`` (fts_dist schedules), ``head-only`` and
+``full`` (baselines), and ``finetuning-scheduler`` (2.14.1 with the packaged explicit schedule, the same module under
+``lightning.pytorch``).
 ``--budget S`` caps wall time. Writes OUT/tta-VARIANT-sSEED.json: (seconds, val_acc) after every validation.
 """
 
