@@ -49,10 +49,14 @@ def define_module(pl: ModuleType) -> type:
             scripted_val_loss: list[float] | None = None,
             scheduler: Any = None,
             optimizer: Any = None,
+            batchnorm: bool = False,
+            optimize_all: bool = False,
         ):
             super().__init__()
             torch.manual_seed(7)
             self.layers = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 2))
+            self.norm = nn.BatchNorm1d(8) if batchnorm else None  # after layers.0 (its parameters: norm.*)
+            self.optimize_all = optimize_all  # configure_optimizers passes every parameter, frozen ones too
             self.lr = lr
             self.scripted_val_loss = scripted_val_loss
             self.scheduler = scheduler
@@ -61,7 +65,9 @@ def define_module(pl: ModuleType) -> type:
             self.steps = 0
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.layers(x)
+            if self.norm is None:
+                return self.layers(x)
+            return self.layers[1:](self.norm(self.layers[0](x)))
 
         def on_train_epoch_start(self) -> None:
             optimizer = self.trainer.optimizers[0]
@@ -95,7 +101,7 @@ def define_module(pl: ModuleType) -> type:
             self.log("val_loss", loss, sync_dist=True)
 
         def configure_optimizers(self) -> Any:
-            params = [p for p in self.parameters() if p.requires_grad]
+            params = [p for p in self.parameters() if p.requires_grad or self.optimize_all]
             if self.optimizer_factory is not None:
                 optimizer = self.optimizer_factory(params, self.lr)
             else:

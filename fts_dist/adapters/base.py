@@ -25,11 +25,20 @@ from fts_dist.adapters.param_groups import (
     scale_learning_rates,
     truncate_param_groups,
 )
+from fts_dist.adapters.reinit import (
+    OptimizerFactory,
+    build_lr_scheduler,
+    build_optimizer,
+    configured_optimizer_factory,
+    rebind_lr_schedulers,
+    unbound_lr_schedulers,
+)
 from fts_dist.adapters.replicas import ReplicaView, replica_problems, replica_view
 from fts_dist.adapters.strategy_hooks import lightning_method, wrap_lightning_method
 from fts_dist.checkpoint_io import install_atomic_checkpoint_io
 from fts_dist.coordinator import Comm, LocalComm, PhasePlan
 from fts_dist.errors import FTSConfigError
+from fts_dist.log import rank_zero_info
 from fts_dist.schedule import Schedule
 
 
@@ -51,6 +60,7 @@ class StrategyAdapter:
     - :meth:`load_checkpoint_state`: model and optimizer state from a file, a sharded directory, an engine;
     - :meth:`thaw`: make exactly a set of parameters trainable;
     - :meth:`extend_optimizer`: add phases' groups;
+    - :meth:`install_optimizer`: replace the optimizer (a phase's ``new_optimizer``);
     - :meth:`replica_view`: what this rank holds that its peers must agree with;
     - :meth:`on_trainable_changed`: re-register the trainable set with a wrapper or engine.
 
@@ -58,7 +68,7 @@ class StrategyAdapter:
     names a schedule resolves against, and the live parameters), :meth:`validate_strategy`,
     :meth:`validate_schedule` and :meth:`validate_training_loop` (refuse what cannot work, before step 0),
     :meth:`setup_optimizer` and :meth:`optimizer_parameters`, :meth:`prepare_checkpointing`,
-    :meth:`checkpoint_metadata` and :meth:`after_checkpoint_load` (checkpoint formats),
+    :meth:`checkpoint_metadata` and :meth:`after_checkpoint_load` (checkpoint formats), :meth:`scheduled_optimizer`,
     :meth:`keep_frozen_through_model_setup`, :meth:`parameters_without_gradient` and
     :meth:`unused_parameters_are_fatal`.
 
@@ -72,13 +82,18 @@ class StrategyAdapter:
         if "apply_plan" in vars(cls):
             raise TypeError(
                 f"{cls.__name__} overrides apply_plan, the order of a transition, which every adapter shares; "
-                "override its seams instead (load_checkpoint_state, thaw, extend_optimizer, replica_view, "
-                "on_trainable_changed)."
+                "override its seams instead (load_checkpoint_state, thaw, extend_optimizer, install_optimizer, "
+                "replica_view, on_trainable_changed)."
             )
 
     def __init__(self, strategy: pl.strategies.Strategy) -> None:
         self.strategy = strategy
         self._phase0_groups: int | None = None
+        self._configured_optimizer: OptimizerFactory | None = None  # rebuilds configure_optimizers' optimizer
+        self._optimizer_phase = 0  # the phase whose optimizer is installed (0: configure_optimizers')
+        self._lr_scheduler_phase = 0  # the phase whose LR scheduler runs (0: configure_optimizers')
+        self.apply_lambdas_new_pgs = False  # set by the callback: new groups start at lr x the scheduler's lambda
+        self.enforce_phase0_params = True  # set by the callback: regroup an optimizer that holds more than phase 0
         self._load_strategy_checkpoint = lightning_method(strategy, "load_checkpoint")  # never intercepted
 
     # -- seams -------------------------------------------------------------------------------------------------
@@ -186,7 +201,19 @@ class StrategyAdapter:
     def extend_optimizer(self, trainer: pl.Trainer, groups: Sequence[PhaseGroup]) -> None:
         """Give each phase in ``groups`` a new optimizer group, in order, and extend the LR schedulers with it."""
         for group in groups:
-            add_param_group(trainer.optimizers[0], group, lr_schedulers(trainer))
+            add_param_group(
+                trainer.optimizers[0], group, lr_schedulers(trainer), apply_lambdas=self.apply_lambdas_new_pgs
+            )
+
+    def install_optimizer(self, trainer: pl.Trainer, make: OptimizerFactory, groups: list[dict[str, Any]]) -> None:
+        """Replace the optimizer with ``make(groups)`` (fresh state), and point the LR schedulers at it."""
+        optimizer = make(groups)
+        self.strategy.optimizers = [optimizer]
+        rebind_lr_schedulers(lr_schedulers(trainer), optimizer)
+
+    def scheduled_optimizer(self, trainer: pl.Trainer) -> torch.optim.Optimizer:
+        """The optimizer whose groups the LR schedulers set (an engine's may be the one inside its own)."""
+        return trainer.optimizers[0]
 
     def replica_view(self, module: torch.nn.Module) -> ReplicaView:
         """This rank's trainable set and what it holds that its peers must agree with."""
@@ -198,8 +225,8 @@ class StrategyAdapter:
 
     # -- setup -------------------------------------------------------------------------------------------------
     def setup_optimizer(self, trainer: pl.Trainer, phase0_params: Sequence[str]) -> None:
-        """Check that there is one optimizer, holding only phase 0's parameters, with a supported LR scheduler, and
-        remember its group count (each later phase adds one group)."""
+        """Check that there is one optimizer, holding only phase 0's parameters (with ``enforce_phase0_params``: make
+        it so), with a supported LR scheduler, and remember its group count (each later phase adds one group)."""
         if len(trainer.optimizers) != 1:
             raise FTSConfigError(
                 f"fts_dist schedules exactly one optimizer; `configure_optimizers` returned {len(trainer.optimizers)}. "
@@ -212,21 +239,36 @@ class StrategyAdapter:
         held = {id(p) for group in self.optimizer_parameters(trainer) for p in group}
         phase0 = set(phase0_params)
         extra = [n for n, p in live.items() if id(p) in held and n not in phase0]
-        if extra:
+        missing = [n for n, p in live.items() if n in phase0 and id(p) not in held]
+        optimizer = trainer.optimizers[0]
+        regroupable = isinstance(optimizer, torch.optim.Optimizer) and not hasattr(optimizer, "optim")  # not sharded
+        if (extra or missing) and self.enforce_phase0_params and regroupable:
+            truncate_param_groups(optimizer, 1, lr_schedulers(trainer))
+            optimizer.param_groups[0]["params"] = [p for n, p in live.items() if n in phase0]
+            if "param_names" in optimizer.param_groups[0]:
+                optimizer.param_groups[0]["param_names"] = [n for n in live if n in phase0]
+            rank_zero_info(
+                f"fts_dist: the optimizer from `configure_optimizers` held {len(extra)} parameter(s) outside phase 0 "
+                f"(e.g. {extra[:3]}) and lacked {len(missing)} of phase 0's (e.g. {missing[:3]}): its groups are now "
+                "one group of phase 0's parameters, with group 0's settings (enforce_phase0_params=True)."
+            )
+        elif extra:
             raise FTSConfigError(
                 f"The optimizer holds {len(extra)} parameter(s) that phase 0 does not thaw, e.g. {extra[:3]}. "
                 "Build the optimizer from trainable parameters only "
-                "(`filter(lambda p: p.requires_grad, self.parameters())`), or add them to phase 0.",
+                "(`filter(lambda p: p.requires_grad, self.parameters())`), add them to phase 0"
+                + (", or leave `enforce_phase0_params` on to let fts_dist regroup it." if regroupable else ".")
+                + ("" if regroupable else " (A sharded optimizer cannot be regrouped.)"),
                 phase=0,
                 key="params",
             )
-        missing = [n for n, p in live.items() if n in phase0 and id(p) not in held]
-        if missing:
+        elif missing:
             rank_zero_warn(
                 f"Phase 0 thaws {missing[:3]} (and {max(len(missing) - 3, 0)} more) but the optimizer "
                 "does not hold them, so they will not train in phase 0."
             )
         self._phase0_groups = len(trainer.optimizers[0].param_groups)
+        self._configured_optimizer = configured_optimizer_factory(self.scheduled_optimizer(trainer))
 
     def group_count(self, depth: int) -> int:
         """Optimizer groups at ``depth``: phase 0's from ``configure_optimizers``, then one per phase."""
@@ -237,25 +279,85 @@ class StrategyAdapter:
     # -- the order of a transition -----------------------------------------------------------------------------
     @final
     def apply_plan(self, plan: PhasePlan, trainer: pl.Trainer, check_replicas: bool = False) -> None:
-        """Bring this rank to ``plan.depth``: restore, thaw, extend the optimizer, check replicas, re-register.
+        """Bring this rank to ``plan.depth``: restore, thaw, extend (or replace) the optimizer, check, re-register.
 
         Groups restored with the checkpoint keep the checkpoint's optimizer state; every group of an earlier phase
         keeps the settings it had before the transition (restoring weights rewinds neither the LR schedule nor any
         hyperparameter); each new phase's group starts at its scheduled learning rate with fresh state. Seams may
         replace the optimizer (an engine rebuilds its own), so it is looked up again after each.
+
+        A phase with ``new_optimizer`` replaces the optimizer: phase 0's groups (same members, the new optimizer's
+        settings) and one per later phase, with fresh state; the earlier groups keep their learning rates and the LR
+        schedulers keep their state (finetuning-scheduler's rule). A checkpoint restores into the kind of optimizer
+        that wrote it; when that is not the kind the phase trains with, only its weights carry over. A phase with
+        ``new_lr_scheduler`` replaces the LR scheduler once its group is added.
         """
         before = GroupSettings.capture(trainer.optimizers[0], lr_schedulers(trainer))
+        held = len(before.groups) - self.group_count(0)  # the depth the optimizer holds groups for
         if plan.restore is not None:
+            saved_kind = plan.optimizer_phase(plan.restore.depth)
+            if saved_kind != self._optimizer_phase:  # the checkpoint's optimizer state loads into its own kind
+                self._replace_optimizer(plan, trainer, saved_kind, held)
             self._restore(plan, trainer)
         self.thaw(trainer.lightning_module, plan.trainable)
-        self._add_phase_groups(plan, trainer, len(before.groups) - self.group_count(0))  # what a restore dropped
-        if plan.restore is not None:
+        self._add_phase_groups(plan, trainer, held)  # what a restore dropped
+        target_kind = plan.optimizer_phase(plan.depth)
+        if target_kind != self._optimizer_phase:
+            self._replace_optimizer(plan, trainer, target_kind, held)
+            _reapply_learning_rates(before, trainer.optimizers[0], lr_schedulers(trainer))
+            if plan.restore is not None:
+                self._say_optimizer_state_dropped(plan, trainer)
+        elif plan.restore is not None:
             before.reapply(trainer.optimizers[0], lr_schedulers(trainer))
         self._add_phase_groups(plan, trainer, plan.depth)
+        self._replace_lr_scheduler(plan, trainer)
         _check_group_count(trainer.optimizers[0], self.group_count(plan.depth))
+        _check_schedulers_bound(self.scheduled_optimizer(trainer), lr_schedulers(trainer))
         if check_replicas:
             self.check_replicas(trainer.lightning_module, plan.depth)
         self.on_trainable_changed(trainer)
+
+    def _replace_optimizer(self, plan: PhasePlan, trainer: pl.Trainer, kind: int, depth: int) -> None:
+        """Install phase ``kind``'s optimizer (0: ``configure_optimizers``') with fresh state and the groups of
+        phases 0..``depth``: phase 0's members as they are, each later phase's at its scheduled learning rate."""
+        spec = plan.phase_optimizers[kind] if kind else None
+        if spec is not None:
+            make: OptimizerFactory = lambda groups: build_optimizer(spec, groups, kind)  # noqa: E731
+        elif self._configured_optimizer is not None:
+            make = self._configured_optimizer
+        else:
+            raise RuntimeError("setup_optimizer() must run before phase plans are applied")
+        live = self.schedule_parameters(trainer.lightning_module)
+        phases = plan.trainable_phases(depth)
+        groups: list[dict[str, Any]] = [
+            {"params": list(params)} for params in self.optimizer_parameters(trainer)[: self.group_count(0)]
+        ]
+        groups += [
+            {"params": [live[name] for name in phases[d]], "lr": self._phase_lr(plan, d, depth)}
+            for d in range(1, depth + 1)
+        ]
+        self.install_optimizer(trainer, make, groups)
+        self._optimizer_phase = kind
+
+    def _replace_lr_scheduler(self, plan: PhasePlan, trainer: pl.Trainer) -> None:
+        """Build the LR scheduler of the last phase up to ``plan.depth`` with ``new_lr_scheduler``, unless it runs."""
+        kind = plan.lr_scheduler_phase(plan.depth)
+        if kind == self._lr_scheduler_phase:
+            return
+        spec = plan.phase_lr_schedulers[kind]
+        assert spec is not None
+        self.strategy.lr_scheduler_configs = [build_lr_scheduler(spec, self.scheduled_optimizer(trainer), kind)]
+        self._lr_scheduler_phase = kind
+
+    def _say_optimizer_state_dropped(self, plan: PhasePlan, trainer: pl.Trainer) -> None:
+        assert plan.restore is not None
+        kind = self._optimizer_phase
+        rank_zero_info(
+            f"fts_dist: phase {plan.depth} trains with {type(self.scheduled_optimizer(trainer)).__name__} "
+            + (f"(phase {kind}'s `new_optimizer`)" if kind else "(from `configure_optimizers`)")
+            + f": the weights of '{plan.restore.path}' (phase {plan.restore.depth}) are restored, but not its "
+            "optimizer state, which belongs to another optimizer; the optimizer starts fresh."
+        )
 
     def _restore(self, plan: PhasePlan, trainer: pl.Trainer) -> None:
         """Collective: every rank loads, then all agree: a failure on any rank is raised on every rank."""
@@ -289,9 +391,7 @@ class StrategyAdapter:
         live = self.schedule_parameters(trainer.lightning_module)
         groups = [
             PhaseGroup(
-                plan.phase_params[d],
-                tuple(live[name] for name in plan.phase_params[d]),
-                plan.phase_lrs[d] * math.prod(plan.lr_scale(later) for later in range(d + 1, depth + 1)),
+                plan.phase_params[d], tuple(live[name] for name in plan.phase_params[d]), self._phase_lr(plan, d, depth)
             )
             for d in entering
         ]
@@ -299,6 +399,12 @@ class StrategyAdapter:
             trainer.optimizers[0], math.prod(plan.lr_scale(d) for d in entering), lr_schedulers(trainer)
         )
         self.extend_optimizer(trainer, groups)
+
+    @staticmethod
+    def _phase_lr(plan: PhasePlan, phase: int, depth: int) -> float:
+        """Phase ``phase``'s group learning rate at ``depth``: its scheduled rate, scaled by the later phases'
+        ``scale_lrs`` up to ``depth``."""
+        return plan.phase_lrs[phase] * math.prod(plan.lr_scale(later) for later in range(phase + 1, depth + 1))
 
     def check_replicas(self, module: torch.nn.Module, depth: int) -> None:
         """Collective: compare every rank's :meth:`replica_view`; raise on every rank if they disagree."""
@@ -310,6 +416,23 @@ class StrategyAdapter:
                 f"Replicas diverged at phase {depth}: " + "; ".join(problems) + ". Every rank must apply the same "
                 "plan to the same weights; check for rank-dependent code in the module or data."
             )
+
+
+def _reapply_learning_rates(before: GroupSettings, optimizer: torch.optim.Optimizer, schedulers: Sequence[Any]) -> None:
+    """A replaced optimizer's earlier groups take their learning rates from before the transition, and the LR
+    schedulers their state (the new optimizer's other settings stay)."""
+    for group, settings in zip(optimizer.param_groups, before.groups, strict=False):
+        group["lr"] = settings["lr"]
+    for scheduler, state in zip(schedulers, before.scheduler_states, strict=True):
+        scheduler.load_state_dict(state)
+
+
+def _check_schedulers_bound(optimizer: torch.optim.Optimizer, schedulers: Sequence[Any]) -> None:
+    unbound = unbound_lr_schedulers(schedulers, optimizer)
+    if unbound:
+        raise RuntimeError(
+            f"fts_dist: LR scheduler(s) {unbound} still schedule a replaced optimizer after a transition."
+        )
 
 
 def _check_group_count(optimizer: torch.optim.Optimizer, expected: int) -> None:

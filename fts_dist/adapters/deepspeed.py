@@ -34,6 +34,7 @@ from fts_dist.adapters.deepspeed_engine import (
 )
 from fts_dist.adapters.distributed import DistributedAdapter
 from fts_dist.adapters.param_groups import PhaseGroup, extend_schedulers, lr_schedulers, truncate_schedulers
+from fts_dist.adapters.reinit import OptimizerFactory
 from fts_dist.adapters.replicas import ReplicaView
 from fts_dist.adapters.sharded import stage_checkpoint_directories
 from fts_dist.errors import FTSConfigError
@@ -180,6 +181,16 @@ class DeepSpeedAdapter(DistributedAdapter):
             extend_schedulers(lr_schedulers(trainer), group.lr)
 
     @override
+    def install_optimizer(self, trainer: pl.Trainer, make: OptimizerFactory, groups: list[dict[str, Any]]) -> None:
+        """A fresh ZeRO optimizer around ``make``'s basic optimizer, inside the live engine."""
+        self.group_members = [list(group["params"]) for group in groups]
+        self._rebuild(trainer, groups, fresh=make)
+
+    @override
+    def scheduled_optimizer(self, trainer: pl.Trainer) -> torch.optim.Optimizer:
+        return self._engine().optimizer.optimizer
+
+    @override
     def replica_view(self, module: torch.nn.Module) -> ReplicaView:
         if zero_stage(self._engine()) == 3:  # every rank holds a different partition: only the trainable set
             live = self.schedule_parameters(module)
@@ -190,7 +201,9 @@ class DeepSpeedAdapter(DistributedAdapter):
     def parameters_without_gradient(self, module: torch.nn.Module) -> list[str]:
         return []  # ZeRO moves gradients into its own buffers during backward: ``.grad`` says nothing here
 
-    def _rebuild(self, trainer: pl.Trainer, groups: list[dict[str, Any]]) -> None:
+    def _rebuild(
+        self, trainer: pl.Trainer, groups: list[dict[str, Any]], fresh: OptimizerFactory | None = None
+    ) -> None:
         engine = self._engine()
         if engine.micro_steps % engine.gradient_accumulation_steps():
             raise FTSConfigError(
@@ -203,7 +216,7 @@ class DeepSpeedAdapter(DistributedAdapter):
         self.strategy.optimizers = []  # Lightning's references to the old optimizer go before the new one is built
         for scheduler in schedulers:
             scheduler.optimizer = None
-        optimizer = rebuild_zero_optimizer(engine, groups)
+        optimizer = rebuild_zero_optimizer(engine, groups, fresh)
         self.strategy.optimizers = [optimizer]
         for scheduler in schedulers:
             scheduler.optimizer = optimizer.optimizer  # the groups it schedules are the new basic optimizer's

@@ -26,12 +26,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from fts_dist.adapters.reinit import constructor_defaults
 
 
 @dataclass
@@ -77,24 +78,28 @@ def state_bytes(engine: Any) -> int:
     return total
 
 
-def rebuild_zero_optimizer(engine: Any, groups: Sequence[dict[str, Any]]) -> Any:
+def rebuild_zero_optimizer(
+    engine: Any, groups: Sequence[dict[str, Any]], fresh: Callable[[list[dict[str, Any]]], Any] | None = None
+) -> Any:
     """Collective: give ``engine`` a new ZeRO optimizer over ``groups`` (dicts with ``params`` and settings).
 
     The first groups are the optimizer's first groups: they keep their settings, and the parameters they keep keep
     their fp32 masters and optimizer state (step counts included). A kept group may lose parameters (frozen again:
     their weights stay as they are) or gain some (before a checkpoint load fills them). Later groups are new; the
     optimizer creates their state at its first step, as it would have. Groups the old optimizer had beyond
-    ``len(groups)`` are dropped. Parameters in no group are frozen. Call it at an optimizer-step boundary (no
+    ``len(groups)`` are dropped. With ``fresh`` (a factory over group dicts), the basic optimizer is ``fresh``'s and
+    nothing is kept: masters come from the weights, every group's state starts anew. Parameters in no group are
+    frozen. Call it at an optimizer-step boundary (no
     gradients pending). Returns the new ZeRO optimizer, also at ``engine.optimizer``.
 
     While it runs, a rank holds the kept groups' masters and state a second time: on the host (ZeRO 1/2 gather
     each parameter whole; ZeRO-3 keeps to its own partitions).
     """
     old_group_of = {id(p): index for index, params in enumerate(group_parameters(engine)) for p in params}
-    kept = min(len(set(old_group_of.values())), len(groups))
+    kept = 0 if fresh is not None else min(len(set(old_group_of.values())), len(groups))
     for index, group in enumerate(groups):
         moved = [p for p in group["params"] if old_group_of.get(id(p), index) != index]
-        if moved:
+        if moved and fresh is None:
             raise ValueError(f"optimizer group {index} holds a parameter of group {old_group_of[id(moved[0])]}")
     keep = {id(p) for group in groups[:kept] for p in group["params"]}
     saved = _snapshot(engine, kept, keep)
@@ -102,7 +107,10 @@ def rebuild_zero_optimizer(engine: Any, groups: Sequence[dict[str, Any]]) -> Any
         {**group, **(saved[index].settings if index < kept else {}), "params": list(group["params"])}
         for index, group in enumerate(groups)
     ]
-    basic = type(engine.optimizer.optimizer)(new_groups, **_constructor_defaults(engine.optimizer.optimizer))
+    if fresh is not None:
+        basic = fresh(new_groups)
+    else:
+        basic = type(engine.optimizer.optimizer)(new_groups, **constructor_defaults(engine.optimizer.optimizer))
     engine.optimizer.destroy()
     engine.optimizer = engine.basic_optimizer = None  # nothing here keeps the old optimizer alive while the new builds
     trainable = {id(p) for group in new_groups for p in group["params"]}
@@ -217,18 +225,3 @@ def _set(engine: Any, param: torch.nn.Parameter, value: torch.Tensor, key: str |
         (safe_set_local_fp32_param if local else safe_set_full_fp32_param)(param, value)
     else:
         (safe_set_local_optimizer_state if local else safe_set_full_optimizer_state)(param, value, key)
-
-
-def _constructor_defaults(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """The optimizer's defaults that its constructor accepts (AdamW's defaults hold ``decoupled_weight_decay``,
-    which its constructor refuses), and what DeepSpeed's Adams keep outside their defaults."""
-    accepted = inspect.signature(type(optimizer).__init__).parameters
-    defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
-    mode = getattr(optimizer, "adam_w_mode", None)  # DeepSpeedCPUAdam and FusedAdam keep AdamW-or-L2 here
-    for argument in ("adamw_mode", "adam_w_mode"):
-        if mode is not None and argument in accepted:
-            defaults[argument] = bool(mode)
-    for attribute in ("fp32_optimizer_states", "set_grad_none"):
-        if attribute in accepted and hasattr(optimizer, attribute):
-            defaults[attribute] = getattr(optimizer, attribute)
-    return defaults

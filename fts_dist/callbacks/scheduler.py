@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -10,12 +11,15 @@ from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
 from pytorch_lightning.trainer.states import TrainerFn
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
 from fts_dist.adapters import StrategyAdapter, resolve_adapter
 from fts_dist.adapters.param_groups import GroupSettings
+from fts_dist.adapters.reinit import check_reinit_classes
+from fts_dist.callbacks.batchnorm import FrozenBatchNormPolicy
 from fts_dist.callbacks.checkpoint import FTSCheckpoint
 from fts_dist.callbacks.dependencies import check_keeps_a_best_checkpoint, ensure_callbacks
 from fts_dist.callbacks.early_stopping import FTSEarlyStopping
@@ -28,6 +32,7 @@ from fts_dist.coordinator import (
     should_transition,
 )
 from fts_dist.errors import FTSConfigError
+from fts_dist.log import logger, rank_zero_info
 from fts_dist.runtime.liveness import RankLiveness
 from fts_dist.schedule import ResolvedSchedule, Schedule, ScheduleSource, load_schedule, write_schedule_file
 
@@ -52,7 +57,23 @@ class FinetuningScheduler(Callback):
         restore_best: restore the best checkpoint (per :class:`FTSCheckpoint`) at every transition.
         gen_ft_sched_only: write the implicit schedule and exit (``SystemExit(0)``) before any training step.
         epoch_transitions_only: end phases only at their ``max_transition_epoch`` (every phase needs one).
+        reinit_optim_cfg: ``{"optimizer_init": {"class_path": ..., "init_args": {...}}}``: a new optimizer at every
+            phase after 0 (as a ``new_optimizer`` key in each phase would; it wins over the phases' own).
+        reinit_lr_cfg: ``{"lr_scheduler_init": {...}, "pl_lrs_cfg": {...}, "use_current_optimizer_pg_lrs": ...}``: a
+            new LR scheduler at every phase after 0 of the implicit schedule (explicit schedules use
+            ``new_lr_scheduler`` in their phases).
         allow_untested: run on a strategy without an fts_dist adapter, with a warning.
+        apply_lambdas_new_pgs: a new group joins a scheduler with ``lr_lambdas`` (LambdaLR, MultiplicativeLR) at
+            its ``lr`` times the last lambda at the current epoch, instead of at its ``lr``.
+        logging_level: the level of the ``fts_dist`` logger (transitions, restores, why training stopped).
+        enforce_phase0_params: when the optimizer from ``configure_optimizers`` holds other parameters than phase
+            0's, rebuild its groups as one group of phase 0's parameters (group 0's settings); with ``False``, refuse
+            to start instead.
+        frozen_bn_track_running_stats: frozen BatchNorm layers keep updating their running statistics in training
+            (``False``: they stop, as Lightning's ``BaseFinetuning.freeze`` does, until their phase thaws them).
+        log_dir: where the schedule files go (default: ``Trainer.log_dir``, else ``default_root_dir``).
+        frozen_bn_eval: keep BatchNorm layers whose parameters are all frozen in eval mode while training (they
+            normalise with their running statistics and leave them unchanged), phase by phase.
         check_replicas: after each transition, compare trainable sets and weight checksums across ranks.
 
     Example::
@@ -71,8 +92,16 @@ class FinetuningScheduler(Callback):
         restore_best: bool = True,
         gen_ft_sched_only: bool = False,
         epoch_transitions_only: bool = False,
+        reinit_optim_cfg: dict[str, Any] | None = None,
+        reinit_lr_cfg: dict[str, Any] | None = None,
         *,
         allow_untested: bool = False,
+        apply_lambdas_new_pgs: bool = False,
+        logging_level: int = logging.INFO,
+        enforce_phase0_params: bool = True,
+        frozen_bn_track_running_stats: bool = True,
+        log_dir: str | os.PathLike[str] | None = None,
+        frozen_bn_eval: bool = False,
         check_replicas: bool = True,
     ) -> None:
         if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < -1:
@@ -89,8 +118,15 @@ class FinetuningScheduler(Callback):
         self.restore_best = restore_best
         self.gen_ft_sched_only = gen_ft_sched_only
         self.epoch_transitions_only = epoch_transitions_only
+        self.reinit_optim_cfg = reinit_optim_cfg
+        self.reinit_lr_cfg = reinit_lr_cfg
         self.allow_untested = allow_untested
+        self.apply_lambdas_new_pgs = apply_lambdas_new_pgs
+        self.enforce_phase0_params = enforce_phase0_params
+        self.batchnorm = FrozenBatchNormPolicy(frozen_bn_track_running_stats, frozen_bn_eval)
+        self._log_dir = log_dir
         self.check_replicas = check_replicas
+        logger.setLevel(logging_level)
         self.coordinator: ScheduleCoordinator | None = None
         self.adapter: StrategyAdapter | None = None
         self.early_stopping: FTSEarlyStopping | None = None
@@ -120,13 +156,22 @@ class FinetuningScheduler(Callback):
         return sum(self._numels[name] for name in coordinator.schedule.trainable_at(coordinator.depth))
 
     @property
+    def log_dir(self) -> str | os.PathLike[str] | None:
+        """Where the schedule files go: ``log_dir`` if given, else the trainer's ``log_dir`` or root directory."""
+        if self._log_dir is not None:
+            return self._log_dir
+        trainer = self._trainer_ref
+        return (trainer.log_dir or trainer.default_root_dir) if trainer is not None else None
+
+    @property
     def schedule(self) -> Schedule:
         """The resolved schedule (exact parameter names) this run executes."""
         return self._coordinator.schedule
 
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
-        """Freeze every parameter but phase 0's."""
+        """Freeze every parameter but phase 0's (and apply the frozen-BatchNorm settings)."""
         self._adapter.thaw(pl_module, self.schedule[0].params)
+        self.batchnorm.apply(pl_module)
 
     def should_transition(self, trainer: pl.Trainer) -> bool:
         """Whether the current phase's criteria are met at this epoch (this rank's view; rank 0's decides)."""
@@ -192,13 +237,15 @@ class FinetuningScheduler(Callback):
             trainer, pl_module, stage, need_early_stopping=not (self.epoch_transitions_only or self.gen_ft_sched_only)
         )
         self.adapter = resolve_adapter(trainer.strategy, self.allow_untested)
+        self.adapter.apply_lambdas_new_pgs = self.apply_lambdas_new_pgs
+        self.adapter.enforce_phase0_params = self.enforce_phase0_params
         self.adapter.validate_strategy(trainer)
         self.adapter.prepare_checkpointing(trainer, self._resume_from_metadata)
         ranks = self._liveness.start(self.adapter.comm, trainer.local_rank)
         if ranks:
             rank_zero_info(ranks)
         self._numels = {name: p.numel() for name, p in self.adapter.schedule_parameters(pl_module).items()}
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        log_dir = Path(self.log_dir or trainer.default_root_dir)
         resolved = run_on_rank_zero(lambda: self._prepare_schedule(pl_module, log_dir), self.adapter.comm)
         if self.gen_ft_sched_only:
             rank_zero_info(f"fts_dist: wrote the implicit schedule to {log_dir}; exiting before training.")
@@ -256,7 +303,12 @@ class FinetuningScheduler(Callback):
         plan = self._coordinator.decide(signals, self._best_checkpoint())
         if plan is not None:
             self._apply(plan, trainer)
+        self.batchnorm.apply(pl_module)
         self._log_depth(trainer)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.batchnorm.apply(pl_module)  # a validation inside the epoch restored modes; the next epoch starts right
 
     @override
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -279,7 +331,7 @@ class FinetuningScheduler(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         starts = self._coordinator.state.phase_start_epochs
         summary = ", ".join(f"phase {d} from epoch {e}" for d, e in enumerate(starts))
-        rank_zero_info(f"fts_dist: fine-tuning ended at phase {self.curr_depth} ({summary}).")
+        rank_zero_info(f"fts_dist: fine-tuning ended at phase {self.curr_depth} ({summary}): {self._stop_reason()}.")
 
     # -- internals ---------------------------------------------------------------------------------------------
     def _apply(self, plan: PhasePlan, trainer: pl.Trainer) -> None:
@@ -298,12 +350,38 @@ class FinetuningScheduler(Callback):
             f"(transition took {self.transition_seconds[plan.depth]:.2f} s)."
         )
 
+    def _stop_reason(self) -> str:
+        """Why training stopped, for the last line of a run."""
+        trainer, coordinator = self._trainer, self._coordinator
+        unrun = coordinator.schedule.final_depth - coordinator.max_depth
+        depth = (
+            f"max_depth ({coordinator.max_depth}) was reached ({unrun} phase(s) of the schedule not run) and "
+            if coordinator.in_final_phase and unrun > 0
+            else ""
+        )
+        es = self.early_stopping
+        if es is not None and es.stopping_reason != EarlyStoppingReason.NOT_STOPPED:
+            reason = es.stopping_reason_message or es.stopping_reason.name
+            return f"{depth}early stopping ended the last phase at epoch {es.stopped_epoch}: {reason}"
+        max_epochs = trainer.fit_loop.max_epochs
+        if max_epochs is not None and max_epochs >= 0 and trainer.current_epoch >= max_epochs:
+            early = "" if coordinator.in_final_phase else ", before the last phase"
+            return f"{depth}max_epochs ({max_epochs}) came{early}"
+        return f"{depth}training stopped at epoch {trainer.current_epoch} (another callback, or an interruption)"
+
     def _prepare_schedule(self, pl_module: pl.LightningModule, log_dir: Path) -> ResolvedSchedule:
         """Rank 0: load (or generate), check and resolve the schedule, and write what the run executes."""
         source: ScheduleSource = None if self.gen_ft_sched_only else self.ft_schedule  # gen-only writes the implicit
         names = list(self._adapter.schedule_parameters(pl_module))
         epochs_only = self.epoch_transitions_only and not self.gen_ft_sched_only
-        resolved = load_schedule(source, names, epoch_transitions_only=epochs_only)
+        resolved = load_schedule(
+            source,
+            names,
+            epoch_transitions_only=epochs_only,
+            reinit_optim_cfg=None if self.gen_ft_sched_only else self.reinit_optim_cfg,
+            reinit_lr_cfg=None if self.gen_ft_sched_only else self.reinit_lr_cfg,
+        )
+        check_reinit_classes(resolved.schedule)
         path = write_schedule_file(resolved, source is None, log_dir, type(pl_module).__name__)
         if source is None:
             rank_zero_info(f"fts_dist: generated the implicit schedule ({len(resolved.schedule)} phases) at {path}.")
@@ -377,8 +455,8 @@ class FinetuningScheduler(Callback):
 
     @rank_zero_only
     def _log_depth(self, trainer: pl.Trainer) -> None:
-        for logger in trainer.loggers:
-            logger.log_metrics({_DEPTH_METRIC: float(self.curr_depth)}, step=trainer.global_step)
+        for run_logger in trainer.loggers:
+            run_logger.log_metrics({_DEPTH_METRIC: float(self.curr_depth)}, step=trainer.global_step)
 
     @property
     def _coordinator(self) -> ScheduleCoordinator:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fts_dist.schedule import Schedule
+from fts_dist.schedule.reinit import OptimizerReinit, SchedulerReinit
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,8 @@ class PhasePlan:
     phases not yet thawed and add an optimizer group for each phase the optimizer lacks. ``phase_lrs[0]`` is
     unused: phase 0's groups come from the module's own ``configure_optimizers``. ``phase_freeze[d]`` names what
     phase ``d`` freezes again and ``phase_lr_scales[d]`` the factor on earlier groups' learning rates as it starts
-    (both empty: none). ``restore`` names the checkpoint to load first, if any.
+    (both empty: none). ``phase_optimizers[d]`` and ``phase_lr_schedulers[d]`` are phase ``d``'s ``new_optimizer`` and
+    ``new_lr_scheduler`` (empty: no phase has one). ``restore`` names the checkpoint to load first, if any.
     """
 
     depth: int
@@ -41,6 +43,8 @@ class PhasePlan:
     restore: CheckpointRef | None = None
     phase_freeze: tuple[tuple[str, ...], ...] = ()
     phase_lr_scales: tuple[float, ...] = ()
+    phase_optimizers: tuple[OptimizerReinit | None, ...] = ()
+    phase_lr_schedulers: tuple[SchedulerReinit | None, ...] = ()
 
     @property
     def trainable(self) -> tuple[str, ...]:
@@ -53,9 +57,22 @@ class PhasePlan:
         frozen = {name for phase in self.phase_freeze[: depth + 1] for name in phase}
         return tuple(tuple(n for n in phase if n not in frozen) for phase in self.phase_params[: depth + 1])
 
+    def optimizer_phase(self, depth: int) -> int:
+        """The phase whose optimizer trains at ``depth``: the last one up to ``depth`` with ``new_optimizer`` (0: the
+        optimizer from ``configure_optimizers``)."""
+        return _last_with(self.phase_optimizers, depth)
+
+    def lr_scheduler_phase(self, depth: int) -> int:
+        """The phase whose LR scheduler runs at ``depth``: the last one up to ``depth`` with ``new_lr_scheduler``."""
+        return _last_with(self.phase_lr_schedulers, depth)
+
     def lr_scale(self, depth: int) -> float:
         """The factor phase ``depth`` applies to the learning rates of the groups before its own."""
         return self.phase_lr_scales[depth] if depth < len(self.phase_lr_scales) else 1.0
+
+
+def _last_with(specs: tuple[object | None, ...], depth: int) -> int:
+    return max((d for d, spec in enumerate(specs[: depth + 1]) if spec is not None), default=0)
 
 
 def effective_max_depth(schedule: Schedule, max_depth: int) -> int:
@@ -102,4 +119,8 @@ def build_plan(
         restore=restore,
         phase_freeze=tuple(p.freeze for p in phases) if any(p.freeze for p in phases) else (),
         phase_lr_scales=tuple(p.scale_lrs or 1.0 for p in phases) if any(p.scale_lrs for p in phases) else (),
+        phase_optimizers=tuple(p.new_optimizer for p in phases) if any(p.new_optimizer for p in phases) else (),
+        phase_lr_schedulers=(
+            tuple(p.new_lr_scheduler for p in phases) if any(p.new_lr_scheduler for p in phases) else ()
+        ),
     )

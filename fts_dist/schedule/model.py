@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from fts_dist.errors import FTSConfigError
+from fts_dist.schedule.reinit import OptimizerReinit, SchedulerReinit
 
-_PHASE_KEYS = ("params", "max_transition_epoch", "lr", "freeze", "scale_lrs")
+_PHASE_KEYS = ("params", "max_transition_epoch", "lr", "new_optimizer", "new_lr_scheduler", "freeze", "scale_lrs")
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,9 @@ class Phase:
     ``params`` holds exact parameter names or regular expressions until the schedule is resolved against a
     model (see :func:`fts_dist.schedule.resolve_schedule`), exact names after. ``max_transition_epoch`` of -1
     leaves the transition to early stopping; ``lr`` of ``None`` means "use ``base_max_lr``" (phase 0 takes its
-    learning rate from the optimizer the module configures).
+    learning rate from the optimizer the module configures). ``new_optimizer`` and ``new_lr_scheduler`` re-initialise
+    the optimizer or the LR scheduler as the phase begins (finetuning-scheduler 2.x's keys; see
+    :mod:`fts_dist.schedule.reinit`).
 
     Two keys are fts_dist's own (finetuning-scheduler refuses a schedule that uses them): ``freeze`` names (or
     patterns) of parameters earlier phases thawed that this phase freezes again, their optimizer groups left as
@@ -31,6 +34,8 @@ class Phase:
     lr: float | None = None
     freeze: tuple[str, ...] = ()
     scale_lrs: float | None = None
+    new_optimizer: OptimizerReinit | None = None
+    new_lr_scheduler: SchedulerReinit | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,11 @@ class Schedule:
                 f"{type(raw).__name__} {raw!r:.80}. Write it as `0: {{params: [...]}}`, `1: {{...}}`."
             )
         by_depth = {_phase_key(key): value for key, value in raw.items()}
+        if len(by_depth) != len(raw):  # 1 and "1" (a Hydra config's string keys beside integers) name one phase
+            keys = sorted(map(str, raw))
+            raise FTSConfigError(
+                f"Schedule phase keys {keys} name one phase twice; keep one of each.", key="phase"
+            )
         depths = sorted(by_depth)
         if depths != list(range(len(depths))):
             raise FTSConfigError(
@@ -98,6 +108,10 @@ class Schedule:
                 entry["max_transition_epoch"] = phase.max_transition_epoch
             if phase.lr is not None:
                 entry["lr"] = phase.lr
+            if phase.new_optimizer is not None:
+                entry["new_optimizer"] = phase.new_optimizer.to_config()
+            if phase.new_lr_scheduler is not None:
+                entry["new_lr_scheduler"] = phase.new_lr_scheduler.to_config()
             if phase.freeze:
                 entry["freeze"] = list(phase.freeze)
             if phase.scale_lrs is not None:
@@ -127,7 +141,7 @@ def _parse_phase(depth: int, value: Any) -> Phase:
     if unknown:
         raise FTSConfigError(
             f"Phase {depth} has unsupported key(s) {unknown}; a phase may hold only {list(_PHASE_KEYS)}. "
-            "Remove them (optimizer or LR-scheduler re-initialisation per phase is not supported).",
+            "Remove them, or check their spelling.",
             phase=depth,
             key=unknown[0],
         )
@@ -137,7 +151,23 @@ def _parse_phase(depth: int, value: Any) -> Phase:
         lr=_parse_lr(depth, value.get("lr")),
         freeze=_parse_freeze(depth, value.get("freeze")),
         scale_lrs=_parse_scale(depth, value.get("scale_lrs")),
+        new_optimizer=_parse_reinit(depth, value.get("new_optimizer"), OptimizerReinit),
+        new_lr_scheduler=_parse_reinit(depth, value.get("new_lr_scheduler"), SchedulerReinit),
     )
+
+
+def _parse_reinit(depth: int, config: Any, kind: type[Any]) -> Any:
+    if config is None:
+        return None
+    if depth == 0:
+        key = "new_optimizer" if kind is OptimizerReinit else "new_lr_scheduler"
+        raise FTSConfigError(
+            f"Phase 0 has `{key}`, but phase 0 trains with what `configure_optimizers` returns. Configure the initial "
+            "optimizer and LR scheduler there, and re-initialise them in a later phase.",
+            phase=0,
+            key=key,
+        )
+    return kind.from_config(config, depth)
 
 
 def _parse_params(depth: int, params: Any, key: str = "params") -> tuple[str, ...]:

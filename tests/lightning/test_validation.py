@@ -89,12 +89,13 @@ def test_more_than_one_optimizer(fit) -> None:
     )
 
 
-def test_optimizer_holding_parameters_phase_zero_does_not_thaw(fit) -> None:
+def test_optimizer_holding_parameters_phase_zero_does_not_thaw_without_enforce_phase0_params(fit) -> None:
     err = assert_fails_before_training(
         fit,
         r"holds 6 parameter\(s\) that phase 0 does not thaw, e.g. \['layers.0",
         WholeModelOptimizer(),
         ft_schedule=SCHEDULE,
+        enforce_phase0_params=False,
     )
     assert err.phase == 0
 

@@ -13,6 +13,7 @@ LAYERS = {  # top-level module or subpackage of fts_dist -> layer (higher may im
     "coordinator": 2,
     "gen": 2,
     "checkpoint_io": 3,
+    "log": 3,
     "strategies": 3,
     "adapters": 4,
     "runtime": 4,

@@ -131,7 +131,30 @@ def test_resolution_errors_name_phase_and_entry(raw: dict, match: str, phase: in
             r"`max_transition_epoch` of phase 1 \(3\) is lower than phase 0's \(5\)",
         ),
         ({0: {"params": ["x"]}, 1: {"params": ["y"], "lr": "fast"}}, "Phase 1 `lr` must be a non-negative number"),
-        ({0: {"params": ["x"], "new_optimizer": {}}}, r"Phase 0 has unsupported key\(s\) \['new_optimizer'\]"),
+        ({0: {"params": ["x"], "optimiser": {}}}, r"Phase 0 has unsupported key\(s\) \['optimiser'\]"),
+        ({0: {"params": ["x"], "new_optimizer": {}}}, "Phase 0 has `new_optimizer`, but phase 0 trains with what"),
+        ({0: {"params": ["x"]}, 1: {"params": ["y"], "new_optimizer": {"optimizer_init": {}}}}, "Phase 1 `new_opti"),
+        (
+            {
+                0: {"params": ["x"]},
+                1: {
+                    "params": ["y"],
+                    "new_lr_scheduler": {"lr_scheduler_init": {"class_path": "S"}, "pl_lrs_cfg": {"interval": "hour"}},
+                },
+            },
+            r"Phase 1 `new_lr_scheduler`: `pl_lrs_cfg.interval` must be 'step' or 'epoch', got 'hour'",
+        ),
+        (
+            {
+                0: {"params": ["x"]},
+                1: {
+                    "params": ["y"],
+                    "new_lr_scheduler": {"lr_scheduler_init": {"class_path": "S"}, "init_pg_lrs": [0.1, "fast"]},
+                },
+            },
+            r"`init_pg_lrs` must be a list of non-negative numbers",
+        ),
+        ({0: {"params": ["x"]}, "0": {"params": ["y"]}}, r"name one phase twice"),
         ({0: {"params": ["x"], "freeze": ["x"]}}, "Phase 0 has `freeze`, but nothing has thawed before it"),
         ({0: {"params": ["x"], "scale_lrs": 0.5}}, "Phase 0 has `scale_lrs`, but it starts with the optimizer"),
         ({0: {"params": ["x"]}, 1: {"params": ["y"], "scale_lrs": 0}}, "Phase 1 `scale_lrs` must be a positive"),

@@ -37,6 +37,17 @@ phases = st.fixed_dictionaries(
         "max_transition_epoch": st.one_of(st.integers(-3, 8), anything),
         "lr": st.one_of(st.floats(-1, 1), st.just("1.0e-4"), anything),
         "new_optimizer": anything,
+        "new_lr_scheduler": st.one_of(
+            anything,
+            st.fixed_dictionaries(
+                {
+                    "lr_scheduler_init": st.fixed_dictionaries(
+                        {"class_path": st.just("S")}, optional={"init_args": anything}
+                    )
+                },
+                optional={"pl_lrs_cfg": anything, "init_pg_lrs": anything, "use_current_optimizer_pg_lrs": anything},
+            ),
+        ),
     },
 )
 schedules = st.dictionaries(

@@ -1,0 +1,184 @@
+"""Building the optimizers and LR schedulers that phases re-initialise (``new_optimizer``, ``new_lr_scheduler``).
+
+:func:`check_reinit_classes` imports each configured class and builds it once over a stand-in, on rank 0 before
+step 0, so a typo or a wrong argument is reported with its phase instead of at a transition hours in. The builders
+are used by :meth:`fts_dist.adapters.StrategyAdapter.apply_plan` on every rank.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from pytorch_lightning.core.optimizer import _configure_schedulers_automatic_opt
+from pytorch_lightning.utilities.types import LRSchedulerConfig
+from torch.distributed.optim import ZeroRedundancyOptimizer
+
+from fts_dist.adapters.param_groups import check_lr_scheduler_supported
+from fts_dist.errors import FTSConfigError
+from fts_dist.schedule import Schedule
+from fts_dist.schedule.reinit import OptimizerReinit, SchedulerReinit
+
+OptimizerFactory = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
+
+
+def import_class(class_path: str, phase: int, key: str) -> type[Any]:
+    """The class at ``class_path`` (``package.module.Class``); raise naming the phase and key when it cannot load."""
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise FTSConfigError(
+            f"Phase {phase} `{key}`: cannot import `class_path` '{class_path}' ({type(err).__name__}: {err}). Give the "
+            "full import path, e.g. torch.optim.AdamW or torch.optim.lr_scheduler.CosineAnnealingLR.",
+            phase=phase,
+            key=key,
+        ) from err
+
+
+def check_reinit_classes(schedule: Schedule) -> None:
+    """Import every phase's new optimizer and LR scheduler class and build each once over a stand-in.
+
+    Raises:
+        FTSConfigError: naming the phase, the key and the failure (import, unsupported class, bad ``init_args``).
+    """
+    for depth, phase in enumerate(schedule.phases):
+        if phase.new_optimizer is not None:
+            _try_optimizer(phase.new_optimizer, depth)
+        if phase.new_lr_scheduler is not None:
+            _try_lr_scheduler(phase.new_lr_scheduler, depth)
+
+
+def build_optimizer(spec: OptimizerReinit, groups: list[dict[str, Any]], phase: int) -> torch.optim.Optimizer:
+    """``spec``'s optimizer over ``groups`` (dicts with ``params`` and group settings); every group gets an
+    ``initial_lr`` (its ``lr`` unless set), so a later LR scheduler re-initialisation can start from it."""
+    optimizer: torch.optim.Optimizer = import_class(spec.class_path, phase, "new_optimizer")(groups, **spec.init_args)
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    return optimizer
+
+
+def build_lr_scheduler(spec: SchedulerReinit, optimizer: torch.optim.Optimizer, phase: int) -> LRSchedulerConfig:
+    """``spec``'s LR scheduler over ``optimizer``, with Lightning's settings from ``pl_lrs_cfg``.
+
+    Every group's ``lr`` is set first, as finetuning-scheduler does: to ``init_pg_lrs`` (also the new
+    ``initial_lr``), else the current ``lr`` with ``use_current_optimizer_pg_lrs``, else the group's ``initial_lr``.
+    """
+    groups = optimizer.param_groups
+    if spec.init_pg_lrs is not None and len(spec.init_pg_lrs) != len(groups):
+        raise FTSConfigError(
+            f"Phase {phase} `new_lr_scheduler` `init_pg_lrs` has {len(spec.init_pg_lrs)} learning rates, but the "
+            f"optimizer has {len(groups)} parameter groups at this phase. Give one per group.",
+            phase=phase,
+            key="new_lr_scheduler",
+        )
+    for index, group in enumerate(groups):
+        if spec.init_pg_lrs is not None:
+            group["lr"] = group["initial_lr"] = spec.init_pg_lrs[index]
+        elif not spec.use_current_optimizer_pg_lrs:
+            group["lr"] = group.get("initial_lr", group["lr"])
+    scheduler = import_class(spec.class_path, phase, "new_lr_scheduler")(optimizer, **spec.init_args)
+    settings = {**spec.pl_lrs_cfg, "scheduler": scheduler}
+    return _configure_schedulers_automatic_opt([settings], spec.pl_lrs_cfg.get("monitor"))[0]
+
+
+def configured_optimizer_factory(optimizer: torch.optim.Optimizer) -> OptimizerFactory:
+    """Builds an optimizer like ``optimizer`` (class and constructor defaults) over new groups: the kind a checkpoint
+    written before a ``new_optimizer`` phase restores into."""
+    if isinstance(optimizer, ZeroRedundancyOptimizer):
+        local_class, local_defaults = type(optimizer.optim), constructor_defaults(optimizer.optim)
+        return lambda groups: ZeroRedundancyOptimizer(groups, optimizer_class=local_class, **local_defaults)
+    optimizer_class, defaults = type(optimizer), constructor_defaults(optimizer)
+    return lambda groups: optimizer_class(groups, **defaults)
+
+
+def rebind_lr_schedulers(schedulers: Sequence[Any], optimizer: torch.optim.Optimizer) -> None:
+    """Point every scheduler (and each child of a ChainedScheduler or SequentialLR) at ``optimizer``."""
+    for scheduler in schedulers:
+        for bound in _with_children(scheduler):
+            bound.optimizer = optimizer
+
+
+def unbound_lr_schedulers(schedulers: Sequence[Any], optimizer: torch.optim.Optimizer) -> list[str]:
+    """The schedulers (children included) that schedule another optimizer than ``optimizer``."""
+    return [
+        type(bound).__name__
+        for scheduler in schedulers
+        for bound in _with_children(scheduler)
+        if bound.optimizer is not optimizer
+    ]
+
+
+def _with_children(scheduler: Any) -> list[Any]:
+    return [scheduler, *(c for child in getattr(scheduler, "_schedulers", []) for c in _with_children(child))]
+
+
+def _try_optimizer(spec: OptimizerReinit, phase: int) -> None:
+    cls = import_class(spec.class_path, phase, "new_optimizer")
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise FTSConfigError(
+            f"Phase {phase} `new_optimizer` class '{spec.class_path}' is not a torch.optim.Optimizer.",
+            phase=phase,
+            key="new_optimizer",
+        )
+    if issubclass(cls, ZeroRedundancyOptimizer):
+        raise FTSConfigError(
+            f"Phase {phase} `new_optimizer`: ZeroRedundancyOptimizer wraps another optimizer and cannot be built from "
+            "`init_args`. Name the optimizer it would wrap (e.g. torch.optim.AdamW).",
+            phase=phase,
+            key="new_optimizer",
+        )
+    try:
+        cls([torch.nn.Parameter(torch.zeros(1))], **spec.init_args)
+    except Exception as err:
+        raise FTSConfigError(
+            f"Phase {phase} `new_optimizer`: {spec.class_name}(**{spec.init_args}) fails: {type(err).__name__}: {err}. "
+            "Fix `init_args`.",
+            phase=phase,
+            key="new_optimizer",
+        ) from err
+
+
+def _try_lr_scheduler(spec: SchedulerReinit, phase: int) -> None:
+    import_class(spec.class_path, phase, "new_lr_scheduler")
+    if "optimizer" in spec.init_args:
+        raise FTSConfigError(
+            f"Phase {phase} `new_lr_scheduler` `init_args` has `optimizer`: the new scheduler always schedules the "
+            "run's optimizer. Remove it.",
+            phase=phase,
+            key="new_lr_scheduler",
+        )
+    try:
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        config = build_lr_scheduler(SchedulerReinit(spec.class_path, spec.init_args, spec.pl_lrs_cfg), optimizer, phase)
+    except FTSConfigError:
+        raise
+    except Exception as err:
+        raise FTSConfigError(
+            f"Phase {phase} `new_lr_scheduler`: {spec.class_name}(optimizer, **{spec.init_args}) with Lightning "
+            f"settings {spec.pl_lrs_cfg} fails: {type(err).__name__}: {err}. Fix `init_args` or `pl_lrs_cfg`.",
+            phase=phase,
+            key="new_lr_scheduler",
+        ) from err
+    try:
+        check_lr_scheduler_supported(config.scheduler)
+    except FTSConfigError as err:
+        raise FTSConfigError(f"Phase {phase} `new_lr_scheduler`: {err}", phase=phase, key="new_lr_scheduler") from err
+
+
+def constructor_defaults(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's defaults that its constructor accepts (AdamW's defaults hold ``decoupled_weight_decay``,
+    which its constructor refuses), and what DeepSpeed's Adams keep outside their defaults."""
+    accepted = inspect.signature(type(optimizer).__init__).parameters
+    defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+    mode = getattr(optimizer, "adam_w_mode", None)  # DeepSpeedCPUAdam and FusedAdam keep AdamW-or-L2 here
+    for argument in ("adamw_mode", "adam_w_mode"):
+        if mode is not None and argument in accepted:
+            defaults[argument] = bool(mode)
+    for attribute in ("fp32_optimizer_states", "set_grad_none"):
+        if attribute in accepted and hasattr(optimizer, attribute):
+            defaults[attribute] = getattr(optimizer, attribute)
+    return defaults
