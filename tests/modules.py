@@ -27,6 +27,35 @@ REFREEZE_SCHEDULE: dict[int, dict[str, Any]] = {
     2: {"params": ["layers.0.*"], "lr": 0.02, "freeze": ["layers.1.*"], "scale_lrs": 0.5},
 }
 
+# finetuning-scheduler 2.x's keys: phase 1 builds a new optimizer (SGD, other settings, fresh state) and a StepLR from
+# the current rates; phase 2 a CosineAnnealingLR from the groups' initial rates. SGD keeps the update linear in the
+# gradients, so ranks and a one-process reference agree to rounding.
+REINIT_SCHEDULE: dict[int, dict[str, Any]] = {
+    0: SCHEDULE[0],
+    1: {
+        **SCHEDULE[1],
+        "new_optimizer": {
+            "optimizer_init": {
+                "class_path": "torch.optim.SGD",
+                "init_args": {"lr": 0.02, "momentum": 0.5, "nesterov": True},
+            }
+        },
+        "new_lr_scheduler": {
+            "lr_scheduler_init": {
+                "class_path": "torch.optim.lr_scheduler.StepLR",
+                "init_args": {"step_size": 1, "gamma": 0.5},
+            },
+            "use_current_optimizer_pg_lrs": True,
+        },
+    },
+    2: {
+        **SCHEDULE[2],
+        "new_lr_scheduler": {
+            "lr_scheduler_init": {"class_path": "torch.optim.lr_scheduler.CosineAnnealingLR", "init_args": {"T_max": 4}}
+        },
+    },
+}
+
 
 def loaders(batches: int = 4, batch_size: int = 8, seed: int = 0) -> tuple[DataLoader, DataLoader]:
     generator = torch.Generator().manual_seed(seed)

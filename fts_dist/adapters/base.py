@@ -418,11 +418,16 @@ class StrategyAdapter:
             )
 
 
+_ONE_CYCLE_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
+
+
 def _reapply_learning_rates(before: GroupSettings, optimizer: torch.optim.Optimizer, schedulers: Sequence[Any]) -> None:
     """A replaced optimizer's earlier groups take their learning rates from before the transition, and the LR
     schedulers their state (the new optimizer's other settings stay)."""
     for group, settings in zip(optimizer.param_groups, before.groups, strict=False):
         group["lr"] = settings["lr"]
+        if "max_lr" in settings:  # OneCycleLR keeps its cycle in the groups: it goes on with the same one
+            group.update({k: settings[k] for k in _ONE_CYCLE_KEYS if k in settings})
     for scheduler, state in zip(schedulers, before.scheduler_states, strict=True):
         scheduler.load_state_dict(state)
 

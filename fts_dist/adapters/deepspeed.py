@@ -34,7 +34,7 @@ from fts_dist.adapters.deepspeed_engine import (
 )
 from fts_dist.adapters.distributed import DistributedAdapter
 from fts_dist.adapters.param_groups import PhaseGroup, extend_schedulers, lr_schedulers, truncate_schedulers
-from fts_dist.adapters.reinit import OptimizerFactory
+from fts_dist.adapters.reinit import OptimizerFactory, build_optimizer
 from fts_dist.adapters.replicas import ReplicaView
 from fts_dist.adapters.sharded import stage_checkpoint_directories
 from fts_dist.errors import FTSConfigError
@@ -63,6 +63,16 @@ class DeepSpeedAdapter(DistributedAdapter):
         for problem, fix in _config_problems(config, self.strategy):
             raise FTSConfigError(f"{problem} {fix}", key="deepspeed")
         self._check_no_group_emptied(schedule, trainer)
+        for depth, phase in enumerate(schedule.phases):
+            spec = phase.new_optimizer
+            if spec is not None and not _rebuildable(build_optimizer(spec, [{"params": [_STAND_IN]}], depth)):
+                raise FTSConfigError(
+                    f"Phase {depth} `new_optimizer` {spec.class_name} cannot run under DeepSpeed here: every "
+                    "transition rebuilds the ZeRO optimizer and restores its state. Use torch.optim.Adam, AdamW or SGD "
+                    "(dampening 0), or DeepSpeed's DeepSpeedCPUAdam or FusedAdam.",
+                    phase=depth,
+                    key="new_optimizer",
+                )
 
     @override
     def setup_optimizer(self, trainer: pl.Trainer, phase0_params: Sequence[str]) -> None:
@@ -178,7 +188,7 @@ class DeepSpeedAdapter(DistributedAdapter):
         trainable = [[p for p in members if id(p) in self._trainable] for members in self.group_members]
         self._rebuild(trainer, [{"params": params, **extra} for params, extra in zip(trainable, settings, strict=True)])
         for group in groups:
-            extend_schedulers(lr_schedulers(trainer), group.lr)
+            extend_schedulers(lr_schedulers(trainer), group.lr, apply_lambdas=self.apply_lambdas_new_pgs)
 
     @override
     def install_optimizer(self, trainer: pl.Trainer, make: OptimizerFactory, groups: list[dict[str, Any]]) -> None:
@@ -244,6 +254,9 @@ class DeepSpeedAdapter(DistributedAdapter):
                     phase=depth,
                     key="freeze",
                 )
+
+
+_STAND_IN = torch.nn.Parameter(torch.zeros(1))
 
 
 def _ids(groups: Sequence[Sequence[torch.nn.Parameter]]) -> list[set[int]]:

@@ -17,7 +17,7 @@ from pytorch_lightning.core.optimizer import _configure_schedulers_automatic_opt
 from pytorch_lightning.utilities.types import LRSchedulerConfig
 from torch.distributed.optim import ZeroRedundancyOptimizer
 
-from fts_dist.adapters.param_groups import check_lr_scheduler_supported
+from fts_dist.adapters.param_groups import check_lr_scheduler_supported, walk_schedulers
 from fts_dist.errors import FTSConfigError
 from fts_dist.schedule import Schedule
 from fts_dist.schedule.reinit import OptimizerReinit, SchedulerReinit
@@ -50,6 +50,20 @@ def check_reinit_classes(schedule: Schedule) -> None:
             _try_optimizer(phase.new_optimizer, depth)
         if phase.new_lr_scheduler is not None:
             _try_lr_scheduler(phase.new_lr_scheduler, depth)
+
+
+def check_init_pg_lrs(schedule: Schedule, group_count: Callable[[int], int]) -> None:
+    """Every ``init_pg_lrs`` gives one rate per optimizer group its phase has (``group_count(phase)``)."""
+    for depth, phase in enumerate(schedule.phases):
+        spec = phase.new_lr_scheduler
+        if spec is not None and spec.init_pg_lrs is not None and len(spec.init_pg_lrs) != group_count(depth):
+            raise FTSConfigError(
+                f"Phase {depth} `new_lr_scheduler` `init_pg_lrs` has {len(spec.init_pg_lrs)} learning rates, but the "
+                f"optimizer will have {group_count(depth)} parameter groups at phase {depth} (phase 0's "
+                f"{group_count(0)}, then one per phase). Give one rate per group.",
+                phase=depth,
+                key="new_lr_scheduler",
+            )
 
 
 def build_optimizer(spec: OptimizerReinit, groups: list[dict[str, Any]], phase: int) -> torch.optim.Optimizer:
@@ -97,23 +111,15 @@ def configured_optimizer_factory(optimizer: torch.optim.Optimizer) -> OptimizerF
 
 def rebind_lr_schedulers(schedulers: Sequence[Any], optimizer: torch.optim.Optimizer) -> None:
     """Point every scheduler (and each child of a ChainedScheduler or SequentialLR) at ``optimizer``."""
-    for scheduler in schedulers:
-        for bound in _with_children(scheduler):
-            bound.optimizer = optimizer
+    for scheduler in walk_schedulers(schedulers):
+        scheduler.optimizer = optimizer
 
 
 def unbound_lr_schedulers(schedulers: Sequence[Any], optimizer: torch.optim.Optimizer) -> list[str]:
     """The schedulers (children included) that schedule another optimizer than ``optimizer``."""
     return [
-        type(bound).__name__
-        for scheduler in schedulers
-        for bound in _with_children(scheduler)
-        if bound.optimizer is not optimizer
+        type(scheduler).__name__ for scheduler in walk_schedulers(schedulers) if scheduler.optimizer is not optimizer
     ]
-
-
-def _with_children(scheduler: Any) -> list[Any]:
-    return [scheduler, *(c for child in getattr(scheduler, "_schedulers", []) for c in _with_children(child))]
 
 
 def _try_optimizer(spec: OptimizerReinit, phase: int) -> None:

@@ -18,7 +18,7 @@ from typing_extensions import override
 
 from fts_dist.adapters import StrategyAdapter, resolve_adapter
 from fts_dist.adapters.param_groups import GroupSettings
-from fts_dist.adapters.reinit import check_reinit_classes
+from fts_dist.adapters.reinit import check_init_pg_lrs, check_reinit_classes
 from fts_dist.callbacks.batchnorm import FrozenBatchNormPolicy
 from fts_dist.callbacks.checkpoint import FTSCheckpoint
 from fts_dist.callbacks.dependencies import check_keeps_a_best_checkpoint, ensure_callbacks
@@ -277,6 +277,7 @@ class FinetuningScheduler(Callback):
         adapter, coordinator = self._adapter, self._coordinator
         adapter.setup_optimizer(trainer, coordinator.schedule[0].params)
         adapter.validate_schedule(coordinator.schedule, trainer)
+        check_init_pg_lrs(coordinator.schedule, adapter.group_count)
         coordinator.bind_phase0_lr(float(trainer.optimizers[0].param_groups[0]["lr"]))
         self._resume_at_saved_depth(trainer)
         self._update_final_phase()
@@ -361,7 +362,7 @@ class FinetuningScheduler(Callback):
         )
         es = self.early_stopping
         if es is not None and es.stopping_reason != EarlyStoppingReason.NOT_STOPPED:
-            reason = es.stopping_reason_message or es.stopping_reason.name
+            reason = (es.stopping_reason_message or es.stopping_reason.name).rstrip(".")
             return f"{depth}early stopping ended the last phase at epoch {es.stopped_epoch}: {reason}"
         max_epochs = trainer.fit_loop.max_epochs
         if max_epochs is not None and max_epochs >= 0 and trainer.current_epoch >= max_epochs:

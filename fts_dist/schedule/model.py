@@ -85,9 +85,7 @@ class Schedule:
         by_depth = {_phase_key(key): value for key, value in raw.items()}
         if len(by_depth) != len(raw):  # 1 and "1" (a Hydra config's string keys beside integers) name one phase
             keys = sorted(map(str, raw))
-            raise FTSConfigError(
-                f"Schedule phase keys {keys} name one phase twice; keep one of each.", key="phase"
-            )
+            raise FTSConfigError(f"Schedule phase keys {keys} name one phase twice; keep one of each.", key="phase")
         depths = sorted(by_depth)
         if depths != list(range(len(depths))):
             raise FTSConfigError(

@@ -34,7 +34,11 @@ def assert_replicas_equal_every_epoch(run) -> None:
     [
         ("torchrun", ("--mode", "epochs", "--refreeze"), [0, 1, 1, 2, 2]),
         ("lightning", ("--mode", "epochs"), [0, 1, 1, 2, 2]),
-        ("torchrun", ("--mode", "early-stopping", "--scheduler", "steplr", "--max-epochs", "7"), [0, 0, 0, 1, 1, 2, 2]),
+        (
+            "torchrun",
+            ("--mode", "early-stopping", "--scheduler", "steplr", "--max-epochs", "7", "--reinit"),
+            [0, 0, 0, 1, 1, 2, 2],
+        ),
         ("torchrun", ("--mode", "early-stopping", "--optimizer", "zero", "--max-epochs", "7"), [0, 0, 0, 1, 1, 2, 2]),
         (
             "torchrun",
@@ -54,7 +58,7 @@ def assert_replicas_equal_every_epoch(run) -> None:
     ids=[
         "torchrun-epochs-refreeze",
         "lightning-launcher-epochs",
-        "torchrun-es-restore-steplr",
+        "torchrun-es-restore-steplr-reinit-optimizer-and-schedulers",
         "torchrun-zero-es-restore",
         "torchrun-zero-restore-older-phase-across-a-freeze-steplr",
         "torchrun-fairscale-oss-restore-older-phase-steplr",
@@ -66,6 +70,8 @@ def test_world_size_2_equals_single_process(tmp_path: Path, launcher: str, args:
     chosen = args[args.index("--optimizer") + 1] if "--optimizer" in args else "sgd"
     optimizer = {"zero": "ZeroRedundancyOptimizer", "oss": "OSS", "sgd": "SGD"}[chosen]
     assert run.rank(0)["optimizer"] == optimizer  # the sharded optimizers ran, against a plain-SGD reference
+    if "--reinit" in args:  # tests.modules.REINIT_SCHEDULE: phase 2 runs phase 1's SGD and its own cosine schedule
+        assert run.rank(0)["lr_schedulers"] == ["CosineAnnealingLR"]
     assert [len(r["lrs"]) - 1 for r in run.rank(0)["records"]] == depths
     assert_replicas_equal_every_epoch(run)
     reference = launch(tmp_path, *args, reference=True)

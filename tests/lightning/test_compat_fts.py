@@ -53,7 +53,9 @@ def lambda_lr(optimizer):
 
 # finetuning-scheduler 2.x's re-initialisation keys, as its documentation writes them
 ADAMW = {"optimizer_init": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01, "weight_decay": 0.05}}}
-NESTEROV = {"optimizer_init": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05, "momentum": 0.5, "nesterov": True}}}
+NESTEROV = {
+    "optimizer_init": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05, "momentum": 0.5, "nesterov": True}}
+}
 HALVING = {
     "lr_scheduler_init": {"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 1, "gamma": 0.5}},
     "pl_lrs_cfg": {"interval": "epoch", "frequency": 1, "name": "halving"},

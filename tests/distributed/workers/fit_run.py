@@ -33,7 +33,7 @@ from tests.distributed.sharded_modules import (
     engine_full_state,
     full_state,
 )
-from tests.modules import REFREEZE_SCHEDULE, SCHEDULE
+from tests.modules import REFREEZE_SCHEDULE, REINIT_SCHEDULE, SCHEDULE
 from tests.worker_exit import finish_worker
 
 SHARDED = ("fsdp2", "hsdp", "tp", "fsdp1")
@@ -216,6 +216,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="fit(ckpt_path='last') from OUT/ckpts")
     parser.add_argument("--no-restore", action="store_true", help="restore_best=False")
     parser.add_argument("--refreeze", action="store_true", help="phase 2 freezes a tensor again and scales lrs")
+    parser.add_argument("--reinit", action="store_true", help="phases 1 and 2 re-initialise optimizer / LR scheduler")
     args = parser.parse_args()
     out = Path(args.out)
     torch.set_num_threads(1)
@@ -223,7 +224,7 @@ def main() -> None:
         register_adapter(DDPStrategy, StrategyAdapter)
 
     model = build_model(args)
-    schedule = REFREEZE_SCHEDULE if args.refreeze else SCHEDULE
+    schedule = REFREEZE_SCHEDULE if args.refreeze else REINIT_SCHEDULE if args.reinit else SCHEDULE
     schedule = with_epochs(schedule) if args.mode == "epochs" else schedule
     if args.plant == "unused":  # a thawed layer that forward never calls
         model.spare = torch.nn.Linear(2, 2)
@@ -276,6 +277,7 @@ def main() -> None:
     result = {"records": model.records, "final": {k: v.clone() for k, v in final.items()}}
     result["ddp"] = getattr(model, "ddp_wrapper", None)
     result["optimizer"] = type(trainer.optimizers[0]).__name__
+    result["lr_schedulers"] = [type(config.scheduler).__name__ for config in trainer.lr_scheduler_configs]
     if ACCELERATOR != "cpu":
         result["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
     torch.save(result, out / f"rank{trainer.global_rank}{'-reference' if args.reference else ''}.pt")
