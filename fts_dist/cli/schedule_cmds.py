@@ -43,6 +43,10 @@ def validate(
         result.sizes = {name: param.numel() for name, param in model.named_parameters()}
         resolved = load_schedule(schedule_path, list(result.sizes), epoch_transitions_only=epoch_transitions_only)
         result.schedule = resolved.schedule
+        if any(phase.new_optimizer or phase.new_lr_scheduler for phase in resolved.schedule.phases):
+            from fts_dist.adapters.reinit import check_reinit_classes  # imports the classes: only when asked
+
+            check_reinit_classes(resolved.schedule)
         if resolved.unscheduled:
             unscheduled = list(resolved.unscheduled)
             result.warnings.append(f"{len(unscheduled)} parameter(s) are in no phase and stay frozen: {unscheduled}")
@@ -72,6 +76,10 @@ def phase_rows(validation: Validation) -> list[list[str]]:
         epoch = "early stopping" if phase.max_transition_epoch < 0 else str(phase.max_transition_epoch)
         if phase.scale_lrs is not None:
             lr += f", earlier groups x{phase.scale_lrs:g}"
+        if phase.new_optimizer is not None:
+            lr += f"; new {phase.new_optimizer.class_name}"
+        if phase.new_lr_scheduler is not None:
+            lr += f"; new {phase.new_lr_scheduler.class_name}"
         if phase.freeze:
             names += f"; freezes {len(phase.freeze)} again: " + ", ".join(phase.freeze[:2])
         rows.append([str(depth), str(len(phase.params)), f"{numel:,}", lr, epoch, names])

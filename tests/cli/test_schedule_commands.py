@@ -47,6 +47,21 @@ def test_show_marks_freeze_and_scale_lrs(tmp_path: Path, capsys) -> None:
     assert "; freezes 1 again: head.bias |" in out
 
 
+def test_show_marks_reinitialisations_and_validate_tries_their_classes(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "reinit.yaml"
+    new_optimizer = "{optimizer_init: {class_path: torch.optim.AdamW, init_args: {lr: 1.0e-3}}}"
+    new_scheduler = "{lr_scheduler_init: {class_path: torch.optim.lr_scheduler.StepLR, init_args: {step_size: 1}}}"
+    path.write_text(
+        f"0: {{params: [head.*]}}\n1: {{params: [body.*], new_optimizer: {new_optimizer}, "
+        f"new_lr_scheduler: {new_scheduler}}}\n"
+    )
+    assert main(["schedule", "show", str(path), "--model", MODEL]) == 0
+    assert "| base_max_lr; new AdamW; new StepLR | early stopping | body.0.weight" in capsys.readouterr().out
+    path.write_text(path.read_text().replace("step_size: 1", "step_sizes: 1"))
+    assert main(["schedule", "validate", str(path), "--model", MODEL]) == 1
+    assert "Phase 1 `new_lr_scheduler`: StepLR(optimizer, **{'step_sizes': 1})" in capsys.readouterr().err
+
+
 def test_validate_accepts_a_good_schedule(capsys) -> None:
     assert main(["schedule", "validate", TOY_SCHEDULE, "--model", MODEL, "--strategy", "ddp"]) == 0
     assert "valid: 3 phases, 6 parameter tensors scheduled" in capsys.readouterr().out

@@ -5,6 +5,7 @@ directory and level, and the line that says why training stopped."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,7 +116,7 @@ def test_restore_best_across_a_change_of_optimizer_restores_the_weights_and_star
     watch = Watch()
     schedule = {**SCHEDULE, 1: {**SCHEDULE[1], "new_optimizer": ADAMW}}
     model = Recorder(scripted_val_loss=[1.0, 0.5, 0.9, 0.8, 0.85, 0.7, 0.6], scheduler=decay)
-    model, trainer, fts = fit(model, ft_schedule=schedule, max_epochs=6, extra_callbacks=[watch])
+    model, _, fts = fit(model, ft_schedule=schedule, max_epochs=6, extra_callbacks=[watch])
     assert depths_by_epoch(model.records) == [0, 0, 0, 1, 2]  # early stopping ends phase 2 after epoch 4
     best = torch.load(fts.checkpoint.best_model_path, weights_only=False)
     assert best["epoch"] == 1
@@ -179,7 +180,7 @@ def test_frozen_batchnorm_trains_tracks_or_holds_still_until_its_phase(
     batches = len(watch.norm_training) // 5
     assert watch.norm_training == [frozen_trains] * 3 * batches + [True] * 2 * batches
     means = [r["weights"]["norm.running_mean"] for r in model.records] + [model.norm.running_mean]
-    moved = [not torch.equal(before, after) for before, after in zip(means, means[1:])]
+    moved = [not torch.equal(before, after) for before, after in itertools.pairwise(means)]
     assert moved == [frozen_tracks] * 3 + [True] * 2
     assert model.norm.training  # the module trains again after the fit's last validation
 
