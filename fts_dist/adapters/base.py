@@ -29,9 +29,10 @@ from fts_dist.adapters.reinit import (
     OptimizerFactory,
     build_lr_scheduler,
     build_optimizer,
+    check_lr_schedulers_bound,
     configured_optimizer_factory,
+    reapply_learning_rates,
     rebind_lr_schedulers,
-    unbound_lr_schedulers,
 )
 from fts_dist.adapters.replicas import ReplicaView, replica_problems, replica_view
 from fts_dist.adapters.strategy_hooks import lightning_method, wrap_lightning_method
@@ -304,7 +305,7 @@ class StrategyAdapter:
         target_kind = plan.optimizer_phase(plan.depth)
         if target_kind != self._optimizer_phase:
             self._replace_optimizer(plan, trainer, target_kind, held)
-            _reapply_learning_rates(before, trainer.optimizers[0], lr_schedulers(trainer))
+            reapply_learning_rates(before, trainer.optimizers[0], lr_schedulers(trainer))
             if plan.restore is not None:
                 self._say_optimizer_state_dropped(plan, trainer)
         elif plan.restore is not None:
@@ -312,7 +313,7 @@ class StrategyAdapter:
         self._add_phase_groups(plan, trainer, plan.depth)
         self._replace_lr_scheduler(plan, trainer)
         _check_group_count(trainer.optimizers[0], self.group_count(plan.depth))
-        _check_schedulers_bound(self.scheduled_optimizer(trainer), lr_schedulers(trainer))
+        check_lr_schedulers_bound(self.scheduled_optimizer(trainer), lr_schedulers(trainer))
         if check_replicas:
             self.check_replicas(trainer.lightning_module, plan.depth)
         self.on_trainable_changed(trainer)
@@ -416,28 +417,6 @@ class StrategyAdapter:
                 f"Replicas diverged at phase {depth}: " + "; ".join(problems) + ". Every rank must apply the same "
                 "plan to the same weights; check for rank-dependent code in the module or data."
             )
-
-
-_ONE_CYCLE_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
-
-
-def _reapply_learning_rates(before: GroupSettings, optimizer: torch.optim.Optimizer, schedulers: Sequence[Any]) -> None:
-    """A replaced optimizer's earlier groups take their learning rates from before the transition, and the LR
-    schedulers their state (the new optimizer's other settings stay)."""
-    for group, settings in zip(optimizer.param_groups, before.groups, strict=False):
-        group["lr"] = settings["lr"]
-        if "max_lr" in settings:  # OneCycleLR keeps its cycle in the groups: it goes on with the same one
-            group.update({k: settings[k] for k in _ONE_CYCLE_KEYS if k in settings})
-    for scheduler, state in zip(schedulers, before.scheduler_states, strict=True):
-        scheduler.load_state_dict(state)
-
-
-def _check_schedulers_bound(optimizer: torch.optim.Optimizer, schedulers: Sequence[Any]) -> None:
-    unbound = unbound_lr_schedulers(schedulers, optimizer)
-    if unbound:
-        raise RuntimeError(
-            f"fts_dist: LR scheduler(s) {unbound} still schedule a replaced optimizer after a transition."
-        )
 
 
 def _check_group_count(optimizer: torch.optim.Optimizer, expected: int) -> None:

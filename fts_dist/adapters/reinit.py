@@ -17,7 +17,7 @@ from pytorch_lightning.core.optimizer import _configure_schedulers_automatic_opt
 from pytorch_lightning.utilities.types import LRSchedulerConfig
 from torch.distributed.optim import ZeroRedundancyOptimizer
 
-from fts_dist.adapters.param_groups import check_lr_scheduler_supported, walk_schedulers
+from fts_dist.adapters.param_groups import GroupSettings, check_lr_scheduler_supported, walk_schedulers
 from fts_dist.errors import FTSConfigError
 from fts_dist.schedule import Schedule
 from fts_dist.schedule.reinit import OptimizerReinit, SchedulerReinit
@@ -115,11 +115,27 @@ def rebind_lr_schedulers(schedulers: Sequence[Any], optimizer: torch.optim.Optim
         scheduler.optimizer = optimizer
 
 
-def unbound_lr_schedulers(schedulers: Sequence[Any], optimizer: torch.optim.Optimizer) -> list[str]:
-    """The schedulers (children included) that schedule another optimizer than ``optimizer``."""
-    return [
-        type(scheduler).__name__ for scheduler in walk_schedulers(schedulers) if scheduler.optimizer is not optimizer
-    ]
+_ONE_CYCLE_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
+
+
+def reapply_learning_rates(before: GroupSettings, optimizer: torch.optim.Optimizer, schedulers: Sequence[Any]) -> None:
+    """A replaced optimizer's earlier groups take their learning rates from before the transition, and the LR
+    schedulers their state (the new optimizer's other settings stay)."""
+    for group, settings in zip(optimizer.param_groups, before.groups, strict=False):
+        group["lr"] = settings["lr"]
+        if "max_lr" in settings:  # OneCycleLR keeps its cycle in the groups: it goes on with the same one
+            group.update({k: settings[k] for k in _ONE_CYCLE_KEYS if k in settings})
+    for scheduler, state in zip(schedulers, before.scheduler_states, strict=True):
+        scheduler.load_state_dict(state)
+
+
+def check_lr_schedulers_bound(optimizer: torch.optim.Optimizer, schedulers: Sequence[Any]) -> None:
+    """Raise when a scheduler (or a composite's child) still schedules another optimizer than ``optimizer``."""
+    unbound = [type(s).__name__ for s in walk_schedulers(schedulers) if s.optimizer is not optimizer]
+    if unbound:
+        raise RuntimeError(
+            f"fts_dist: LR scheduler(s) {unbound} still schedule a replaced optimizer after a transition."
+        )
 
 
 def _try_optimizer(spec: OptimizerReinit, phase: int) -> None:

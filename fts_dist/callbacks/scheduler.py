@@ -28,6 +28,7 @@ from fts_dist.coordinator import (
     PhasePlan,
     ScheduleCoordinator,
     TransitionSignals,
+    describe_stop,
     run_on_rank_zero,
     should_transition,
 )
@@ -304,12 +305,8 @@ class FinetuningScheduler(Callback):
         plan = self._coordinator.decide(signals, self._best_checkpoint())
         if plan is not None:
             self._apply(plan, trainer)
-        self.batchnorm.apply(pl_module)
+        self.batchnorm.apply(pl_module)  # after Lightning set train mode; a validation restores the modes it found
         self._log_depth(trainer)
-
-    @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.batchnorm.apply(pl_module)  # a validation inside the epoch restored modes; the next epoch starts right
 
     @override
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -352,23 +349,18 @@ class FinetuningScheduler(Callback):
         )
 
     def _stop_reason(self) -> str:
-        """Why training stopped, for the last line of a run."""
-        trainer, coordinator = self._trainer, self._coordinator
-        unrun = coordinator.schedule.final_depth - coordinator.max_depth
-        depth = (
-            f"max_depth ({coordinator.max_depth}) was reached ({unrun} phase(s) of the schedule not run) and "
-            if coordinator.in_final_phase and unrun > 0
-            else ""
-        )
-        es = self.early_stopping
+        trainer, coordinator, es = self._trainer, self._coordinator, self.early_stopping
+        early_stop = None
         if es is not None and es.stopping_reason != EarlyStoppingReason.NOT_STOPPED:
-            reason = (es.stopping_reason_message or es.stopping_reason.name).rstrip(".")
-            return f"{depth}early stopping ended the last phase at epoch {es.stopped_epoch}: {reason}"
-        max_epochs = trainer.fit_loop.max_epochs
-        if max_epochs is not None and max_epochs >= 0 and trainer.current_epoch >= max_epochs:
-            early = "" if coordinator.in_final_phase else ", before the last phase"
-            return f"{depth}max_epochs ({max_epochs}) came{early}"
-        return f"{depth}training stopped at epoch {trainer.current_epoch} (another callback, or an interruption)"
+            early_stop = (es.stopped_epoch, es.stopping_reason_message or es.stopping_reason.name)
+        return describe_stop(
+            depth=coordinator.depth,
+            max_depth=coordinator.max_depth,
+            final_depth=coordinator.schedule.final_depth,
+            epoch=trainer.current_epoch,
+            max_epochs=trainer.fit_loop.max_epochs,
+            early_stop=early_stop,
+        )
 
     def _prepare_schedule(self, pl_module: pl.LightningModule, log_dir: Path) -> ResolvedSchedule:
         """Rank 0: load (or generate), check and resolve the schedule, and write what the run executes."""

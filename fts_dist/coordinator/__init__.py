@@ -2,7 +2,13 @@
 
 from fts_dist.coordinator.comm import Comm, LocalComm
 from fts_dist.coordinator.coordinator import ScheduleCoordinator, SchedulerState
-from fts_dist.coordinator.decisions import CheckpointRef, PhasePlan, TransitionSignals, should_transition
+from fts_dist.coordinator.decisions import (
+    CheckpointRef,
+    PhasePlan,
+    TransitionSignals,
+    describe_stop,
+    should_transition,
+)
 from fts_dist.coordinator.rank_zero import run_on_rank_zero
 
 __all__ = [
@@ -13,6 +19,7 @@ __all__ = [
     "ScheduleCoordinator",
     "SchedulerState",
     "TransitionSignals",
+    "describe_stop",
     "run_on_rank_zero",
     "should_transition",
 ]

@@ -124,3 +124,34 @@ def build_plan(
             tuple(p.new_lr_scheduler for p in phases) if any(p.new_lr_scheduler for p in phases) else ()
         ),
     )
+
+
+def describe_stop(
+    *,
+    depth: int,
+    max_depth: int,
+    final_depth: int,
+    epoch: int,
+    max_epochs: int | None,
+    early_stop: tuple[int, str] | None,
+) -> str:
+    """Why training stopped at ``epoch`` in phase ``depth``: early stopping (its epoch and message) in the last phase
+    to run, ``max_epochs``, or something else; and whether ``max_depth`` left phases of the schedule unrun.
+
+    Example::
+
+        >>> describe_stop(depth=1, max_depth=1, final_depth=2, epoch=5, max_epochs=5, early_stop=None)
+        'max_depth (1) was reached (1 phase(s) of the schedule not run) and max_epochs (5) came'
+    """
+    unrun = final_depth - max_depth
+    prefix = (
+        f"max_depth ({max_depth}) was reached ({unrun} phase(s) of the schedule not run) and "
+        if (depth >= max_depth and unrun > 0)
+        else ""
+    )
+    if early_stop is not None:
+        stopped_epoch, message = early_stop
+        return f"{prefix}early stopping ended the last phase at epoch {stopped_epoch}: {message.rstrip('.')}"
+    if max_epochs is not None and max_epochs >= 0 and epoch >= max_epochs:
+        return f"{prefix}max_epochs ({max_epochs}) came" + ("" if depth >= max_depth else ", before the last phase")
+    return f"{prefix}training stopped at epoch {epoch} (another callback, or an interruption)"

@@ -113,24 +113,32 @@ def test_a_kill_mid_sharded_write_keeps_the_last_checkpoint_and_the_resume_match
     assert not (resume_dir / ".last.ckpt.fts-staging").exists()  # the next save cleared it
 
 
-def test_fsdp2_reinitialises_optimizer_and_schedulers_restores_across_them_and_resumes_after_them(
-    tmp_path: Path,
+REINIT = (*STALE, "--reinit")
+
+
+@pytest.fixture(scope="module")
+def reinit_reference(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    run = launch(tmp_path_factory.mktemp("reinit_reference"), *REINIT, reference=True)
+    assert run.returncode == 0, run.output[-3000:]
+    return run
+
+
+@pytest.mark.parametrize(("strategy", "extra"), [("fsdp2", ()), ("fsdp1", ("--sharding", "SHARD_GRAD_OP"))])
+def test_reinitialised_optimizer_and_schedulers_restore_across_and_resume_after(
+    tmp_path: Path, reinit_reference: Run, strategy: str, extra: tuple[str, ...]
 ) -> None:
-    """tests.modules.REINIT_SCHEDULE on FSDP2: phase 1 (epoch 3) builds a new SGD and a StepLR; phase 2 (epoch 4)
-    restores phase 0's checkpoint, written by the first optimizer (its state loads into that kind; the phase then
-    trains phase 1's kind, fresh), and builds a cosine schedule. Rank 0 is killed writing epoch 4's checkpoint; the
-    resume from epoch 3's (after phase 1's re-initialisations) ends where one process ends."""
-    args = (*STALE, "--reinit")
-    killed = launch(tmp_path, "--strategy", "fsdp2", *args, "--kill-writing-last-at", "4")
+    """tests.modules.REINIT_SCHEDULE: phase 1 (epoch 3) builds a new SGD and a StepLR; phase 2 (epoch 4) restores
+    phase 0's checkpoint, written by the first optimizer (its state loads into that kind; the phase then trains
+    phase 1's kind, fresh), and builds a cosine schedule. Rank 0 is killed writing epoch 4's checkpoint; the resume
+    from epoch 3's (after phase 1's re-initialisations) ends where one process ends."""
+    killed = launch(tmp_path, "--strategy", strategy, *extra, *REINIT, "--kill-writing-last-at", "4")
     assert killed.returncode != 0
     assert "phase 2 trains with SGD (phase 1's `new_optimizer`): the weights of" in killed.output
-    resumed = launch(tmp_path, "--strategy", "fsdp2", *args, "--resume")
+    resumed = launch(tmp_path, "--strategy", strategy, *extra, *REINIT, "--resume")
     assert resumed.returncode == 0, resumed.output[-3000:]
     assert "resumed at phase 1 of 2" in resumed.output
-    reference = launch(tmp_path / "reference", *args, reference=True)
-    assert reference.returncode == 0, reference.output[-3000:]
-    assert_matches(resumed, reference.reference(), [2, 2])
-    assert resumed.rank(0)["lr_schedulers"] == reference.reference()["lr_schedulers"] == ["CosineAnnealingLR"]
+    assert_matches(resumed, reinit_reference.reference(), [2, 2])
+    assert resumed.rank(0)["lr_schedulers"] == reinit_reference.reference()["lr_schedulers"] == ["CosineAnnealingLR"]
 
 
 def test_hsdp_replica_check_catches_weights_that_differ_between_replicas(tmp_path: Path) -> None:

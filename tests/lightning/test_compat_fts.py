@@ -134,3 +134,10 @@ def test_implicit_schedules_are_identical(tmp_path: Path) -> None:
     ours = yaml.safe_load(gen_ft_schedule(Recorder(), tmp_path / "ours").read_text())
     original_path = fts_original.ScheduleImplMixin._gen_ft_schedule_impl(OriginalRecorder(), tmp_path / "theirs")
     assert ours == yaml.safe_load(Path(original_path).read_text())
+
+
+def test_both_write_their_schedule_files_to_log_dir(fit, tmp_path: Path) -> None:
+    fit(Recorder(), ft_schedule=SCHEDULE, log_dir=tmp_path / "ours", max_epochs=1)
+    run_original(OriginalRecorder(), tmp_path / "original", 1, ft_schedule=SCHEDULE, log_dir=tmp_path / "theirs")
+    assert [p.name for p in (tmp_path / "ours").iterdir()] == ["Recorder_ft_schedule_resolved.yaml"]
+    assert [p.name for p in (tmp_path / "theirs").iterdir()] == ["Recorder_ft_schedule.yaml"]

@@ -180,6 +180,7 @@ def build_strategy(args: argparse.Namespace) -> Any:
 
 def build_model(args: argparse.Namespace) -> Any:
     common = {"lr": 0.05, "scheduler": scheduler_factory(args.scheduler), "scripted_val_loss": SCRIPTS.get(args.mode)}
+    common["optimize_all"] = args.optimize_all
     if args.reference and (args.bf16 or args.optimizer == "adamw"):  # what WORLD ranks compute, to the last bit
         dtype = torch.bfloat16 if args.bf16 else torch.float32
         return PerRankReference(world=WORLD, dtype=dtype, optimizer=optimizer_factory(args), **common)
@@ -217,6 +218,7 @@ def main() -> None:
     parser.add_argument("--no-restore", action="store_true", help="restore_best=False")
     parser.add_argument("--refreeze", action="store_true", help="phase 2 freezes a tensor again and scales lrs")
     parser.add_argument("--reinit", action="store_true", help="phases 1 and 2 re-initialise optimizer / LR scheduler")
+    parser.add_argument("--optimize-all", action="store_true", help="configure_optimizers passes every parameter")
     args = parser.parse_args()
     out = Path(args.out)
     torch.set_num_threads(1)
