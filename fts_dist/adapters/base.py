@@ -296,34 +296,37 @@ class StrategyAdapter:
         before = GroupSettings.capture(trainer.optimizers[0], lr_schedulers(trainer))
         held = len(before.groups) - self.group_count(0)  # the depth the optimizer holds groups for
         if plan.restore is not None:
-            saved_kind = plan.optimizer_phase(plan.restore.depth)
-            if saved_kind != self._optimizer_phase:  # the checkpoint's optimizer state loads into its own kind
-                self._replace_optimizer(plan, trainer, saved_kind, held)
+            saved_optimizer_phase = plan.optimizer_phase(plan.restore.depth)
+            if saved_optimizer_phase != self._optimizer_phase:  # the checkpoint's state loads into its own kind
+                self._replace_optimizer(plan, trainer, saved_optimizer_phase, held)
             self._restore(plan, trainer)
         self.thaw(trainer.lightning_module, plan.trainable)
         self._add_phase_groups(plan, trainer, held)  # what a restore dropped
-        target_kind = plan.optimizer_phase(plan.depth)
-        if target_kind != self._optimizer_phase:
-            self._replace_optimizer(plan, trainer, target_kind, held)
+        optimizer_phase = plan.optimizer_phase(plan.depth)
+        if optimizer_phase != self._optimizer_phase:
+            self._replace_optimizer(plan, trainer, optimizer_phase, held)
             reapply_learning_rates(before, trainer.optimizers[0], lr_schedulers(trainer))
             if plan.restore is not None:
                 self._say_optimizer_state_dropped(plan, trainer)
         elif plan.restore is not None:
             before.reapply(trainer.optimizers[0], lr_schedulers(trainer))
+        scheduler_phase = plan.lr_scheduler_phase(plan.depth)
+        if scheduler_phase != self._lr_scheduler_phase:  # built over the groups its phase had (a resume skips ahead)
+            self._add_phase_groups(plan, trainer, max(held, scheduler_phase))
+            self._replace_lr_scheduler(plan, trainer, scheduler_phase)
         self._add_phase_groups(plan, trainer, plan.depth)
-        self._replace_lr_scheduler(plan, trainer)
         _check_group_count(trainer.optimizers[0], self.group_count(plan.depth))
         check_lr_schedulers_bound(self.scheduled_optimizer(trainer), lr_schedulers(trainer))
         if check_replicas:
             self.check_replicas(trainer.lightning_module, plan.depth)
         self.on_trainable_changed(trainer)
 
-    def _replace_optimizer(self, plan: PhasePlan, trainer: pl.Trainer, kind: int, depth: int) -> None:
-        """Install phase ``kind``'s optimizer (0: ``configure_optimizers``') with fresh state and the groups of
+    def _replace_optimizer(self, plan: PhasePlan, trainer: pl.Trainer, phase: int, depth: int) -> None:
+        """Install phase ``phase``'s optimizer (0: ``configure_optimizers``') with fresh state and the groups of
         phases 0..``depth``: phase 0's members as they are, each later phase's at its scheduled learning rate."""
-        spec = plan.phase_optimizers[kind] if kind else None
+        spec = plan.phase_optimizers[phase] if phase else None
         if spec is not None:
-            make: OptimizerFactory = lambda groups: build_optimizer(spec, groups, kind)  # noqa: E731
+            make: OptimizerFactory = lambda groups: build_optimizer(spec, groups, phase)  # noqa: E731
         elif self._configured_optimizer is not None:
             make = self._configured_optimizer
         else:
@@ -338,24 +341,21 @@ class StrategyAdapter:
             for d in range(1, depth + 1)
         ]
         self.install_optimizer(trainer, make, groups)
-        self._optimizer_phase = kind
+        self._optimizer_phase = phase
 
-    def _replace_lr_scheduler(self, plan: PhasePlan, trainer: pl.Trainer) -> None:
-        """Build the LR scheduler of the last phase up to ``plan.depth`` with ``new_lr_scheduler``, unless it runs."""
-        kind = plan.lr_scheduler_phase(plan.depth)
-        if kind == self._lr_scheduler_phase:
-            return
-        spec = plan.phase_lr_schedulers[kind]
+    def _replace_lr_scheduler(self, plan: PhasePlan, trainer: pl.Trainer, phase: int) -> None:
+        """Build phase ``phase``'s ``new_lr_scheduler`` over the optimizer as it is."""
+        spec = plan.phase_lr_schedulers[phase]
         assert spec is not None
-        self.strategy.lr_scheduler_configs = [build_lr_scheduler(spec, self.scheduled_optimizer(trainer), kind)]
-        self._lr_scheduler_phase = kind
+        self.strategy.lr_scheduler_configs = [build_lr_scheduler(spec, self.scheduled_optimizer(trainer), phase)]
+        self._lr_scheduler_phase = phase
 
     def _say_optimizer_state_dropped(self, plan: PhasePlan, trainer: pl.Trainer) -> None:
         assert plan.restore is not None
-        kind = self._optimizer_phase
+        phase = self._optimizer_phase
         rank_zero_info(
             f"fts_dist: phase {plan.depth} trains with {type(self.scheduled_optimizer(trainer)).__name__} "
-            + (f"(phase {kind}'s `new_optimizer`)" if kind else "(from `configure_optimizers`)")
+            + (f"(phase {phase}'s `new_optimizer`)" if phase else "(from `configure_optimizers`)")
             + f": the weights of '{plan.restore.path}' (phase {plan.restore.depth}) are restored, but not its "
             "optimizer state, which belongs to another optimizer; the optimizer starts fresh."
         )

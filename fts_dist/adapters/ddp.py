@@ -14,6 +14,7 @@ from typing_extensions import override
 
 from fts_dist.adapters.distributed import DistributedAdapter
 from fts_dist.errors import FTSConfigError
+from fts_dist.schedule import Schedule
 
 
 class DDPAdapter(DistributedAdapter):
@@ -38,6 +39,21 @@ class DDPAdapter(DistributedAdapter):
                 "ZeroRedundancyOptimizer(overlap_with_ddp=True) supports a single parameter group, but every "
                 "phase adds one. Construct it with overlap_with_ddp=False.",
                 key="optimizer",
+            )
+
+    @override
+    def validate_schedule(self, schedule: Schedule, trainer: pl.Trainer) -> None:
+        """A ``new_optimizer`` would replace a sharded optimizer (ZeroRedundancyOptimizer, fairscale's OSS) with a
+        plain one, silently: refused before step 0."""
+        optimizer = trainer.optimizers[0]
+        phase = next((d for d, p in enumerate(schedule.phases) if p.new_optimizer is not None), None)
+        if phase is not None and hasattr(optimizer, "optim"):
+            raise FTSConfigError(
+                f"Phase {phase} `new_optimizer` would replace {type(optimizer).__name__}, which shards optimizer state "
+                "across ranks, with an unsharded optimizer. Use a plain torch optimizer in `configure_optimizers`, or "
+                "leave `new_optimizer` out and change learning rates with `new_lr_scheduler`.",
+                phase=phase,
+                key="new_optimizer",
             )
 
     @override

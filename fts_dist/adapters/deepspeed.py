@@ -33,8 +33,14 @@ from fts_dist.adapters.deepspeed_engine import (
     zero_stage,
 )
 from fts_dist.adapters.distributed import DistributedAdapter
-from fts_dist.adapters.param_groups import PhaseGroup, extend_schedulers, lr_schedulers, truncate_schedulers
-from fts_dist.adapters.reinit import OptimizerFactory, build_optimizer
+from fts_dist.adapters.param_groups import (
+    PhaseGroup,
+    extend_schedulers,
+    lr_schedulers,
+    truncate_schedulers,
+    walk_schedulers,
+)
+from fts_dist.adapters.reinit import OptimizerFactory, build_optimizer, rebind_lr_schedulers
 from fts_dist.adapters.replicas import ReplicaView
 from fts_dist.adapters.sharded import stage_checkpoint_directories
 from fts_dist.errors import FTSConfigError
@@ -224,12 +230,11 @@ class DeepSpeedAdapter(DistributedAdapter):
             )
         schedulers = lr_schedulers(trainer)
         self.strategy.optimizers = []  # Lightning's references to the old optimizer go before the new one is built
-        for scheduler in schedulers:
+        for scheduler in walk_schedulers(schedulers):
             scheduler.optimizer = None
         optimizer = rebuild_zero_optimizer(engine, groups, fresh)
         self.strategy.optimizers = [optimizer]
-        for scheduler in schedulers:
-            scheduler.optimizer = optimizer.optimizer  # the groups it schedules are the new basic optimizer's
+        rebind_lr_schedulers(schedulers, optimizer.optimizer)  # they schedule the new basic optimizer's groups
 
     def _engine(self) -> Any:
         return self.strategy.model

@@ -87,8 +87,9 @@ def rebuild_zero_optimizer(
     their fp32 masters and optimizer state (step counts included). A kept group may lose parameters (frozen again:
     their weights stay as they are) or gain some (before a checkpoint load fills them). Later groups are new; the
     optimizer creates their state at its first step, as it would have. Groups the old optimizer had beyond
-    ``len(groups)`` are dropped. With ``fresh`` (a factory over group dicts), the basic optimizer is ``fresh``'s and
-    nothing is kept: masters come from the weights, every group's state starts anew. Parameters in no group are
+    ``len(groups)`` are dropped. With ``fresh`` (a factory over group dicts), the basic optimizer is ``fresh``'s, with
+    its own settings: only the fp32 masters are kept (under bf16 or fp16 the weights alone would round them), every
+    group's state starts anew. Parameters in no group are
     frozen. Call it at an optimizer-step boundary (no
     gradients pending). Returns the new ZeRO optimizer, also at ``engine.optimizer``.
 
@@ -96,15 +97,15 @@ def rebuild_zero_optimizer(
     each parameter whole; ZeRO-3 keeps to its own partitions).
     """
     old_group_of = {id(p): index for index, params in enumerate(group_parameters(engine)) for p in params}
-    kept = 0 if fresh is not None else min(len(set(old_group_of.values())), len(groups))
+    kept = min(len(set(old_group_of.values())), len(groups))
     for index, group in enumerate(groups):
         moved = [p for p in group["params"] if old_group_of.get(id(p), index) != index]
         if moved and fresh is None:
             raise ValueError(f"optimizer group {index} holds a parameter of group {old_group_of[id(moved[0])]}")
     keep = {id(p) for group in groups[:kept] for p in group["params"]}
-    saved = _snapshot(engine, kept, keep)
+    saved = _snapshot(engine, kept, keep, masters_only=fresh is not None)
     new_groups = [
-        {**group, **(saved[index].settings if index < kept else {}), "params": list(group["params"])}
+        {**group, **(saved[index].settings if index < kept and fresh is None else {}), "params": list(group["params"])}
         for index, group in enumerate(groups)
     ]
     if fresh is not None:
@@ -139,7 +140,7 @@ def trim_host_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _snapshot(engine: Any, kept: int, keep: set[int]) -> list[_Saved]:
+def _snapshot(engine: Any, kept: int, keep: set[int], masters_only: bool = False) -> list[_Saved]:
     """The first ``kept`` groups' settings and, for their parameters in ``keep`` (by id), masters and state.
     Collective under ZeRO 1/2 (each parameter gathered whole); local under ZeRO-3."""
     from deepspeed.utils import (
@@ -159,6 +160,7 @@ def _snapshot(engine: Any, kept: int, keep: set[int]) -> list[_Saved]:
     saved = []
     for index, params in enumerate(group_parameters(engine)[:kept]):
         state = states.get(index, {})
+        state = {} if masters_only else state  # a fresh optimizer: the masters alone
         keys = [k for k, v in state.items() if torch.is_tensor(v) and v.dim() > 0]
         scalars = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in state.items() if k not in keys}
         tensors = []

@@ -1,7 +1,8 @@
 """Building the optimizers and LR schedulers that phases re-initialise (``new_optimizer``, ``new_lr_scheduler``).
 
-:func:`check_reinit_classes` imports each configured class and builds it once over a stand-in, on rank 0 before
-step 0, so a typo or a wrong argument is reported with its phase instead of at a transition hours in. The builders
+:func:`check_reinit_classes` (at setup) and :func:`check_new_lr_schedulers` (once the optimizer's group count is
+known) import each configured class and build it once over a stand-in, before step 0, so a typo or a wrong argument
+is reported with its phase instead of at a transition hours in. The builders
 are used by :meth:`fts_dist.adapters.StrategyAdapter.apply_plan` on every rank.
 """
 
@@ -40,30 +41,51 @@ def import_class(class_path: str, phase: int, key: str) -> type[Any]:
 
 
 def check_reinit_classes(schedule: Schedule) -> None:
-    """Import every phase's new optimizer and LR scheduler class and build each once over a stand-in.
+    """Import every phase's new optimizer and LR scheduler class, and build each optimizer once over a stand-in.
 
     Raises:
-        FTSConfigError: naming the phase, the key and the failure (import, unsupported class, bad ``init_args``).
+        FTSConfigError: naming the phase, the key and the failure (import, not an optimizer, bad ``init_args``).
     """
     for depth, phase in enumerate(schedule.phases):
         if phase.new_optimizer is not None:
             _try_optimizer(phase.new_optimizer, depth)
         if phase.new_lr_scheduler is not None:
-            _try_lr_scheduler(phase.new_lr_scheduler, depth)
+            import_class(phase.new_lr_scheduler.class_path, depth, "new_lr_scheduler")
+            if "optimizer" in phase.new_lr_scheduler.init_args:
+                raise FTSConfigError(
+                    f"Phase {depth} `new_lr_scheduler` `init_args` has `optimizer`: the new scheduler always schedules "
+                    "the run's optimizer. Remove it.",
+                    phase=depth,
+                    key="new_lr_scheduler",
+                )
 
 
-def check_init_pg_lrs(schedule: Schedule, group_count: Callable[[int], int]) -> None:
-    """Every ``init_pg_lrs`` gives one rate per optimizer group its phase has (``group_count(phase)``)."""
+def check_new_lr_schedulers(schedule: Schedule, group_count: Callable[[int], int] | None = None) -> None:
+    """Build every phase's ``new_lr_scheduler`` once over a stand-in optimizer with the groups its phase will have
+    (``group_count(phase)``; without it, as many as ``init_pg_lrs`` gives, else phase + 1), so per-group arguments (a
+    ``min_lr`` or ``max_lr`` list) and ``init_pg_lrs`` are checked against them.
+
+    Raises:
+        FTSConfigError: naming the phase: ``init_pg_lrs`` of another length than the group count, an unsupported
+            scheduler, bad ``init_args`` or ``pl_lrs_cfg``.
+    """
     for depth, phase in enumerate(schedule.phases):
         spec = phase.new_lr_scheduler
-        if spec is not None and spec.init_pg_lrs is not None and len(spec.init_pg_lrs) != group_count(depth):
+        if spec is None:
+            continue
+        if group_count is not None:
+            groups = group_count(depth)
+        else:
+            groups = len(spec.init_pg_lrs) if spec.init_pg_lrs is not None else depth + 1
+        if spec.init_pg_lrs is not None and len(spec.init_pg_lrs) != groups:
             raise FTSConfigError(
                 f"Phase {depth} `new_lr_scheduler` `init_pg_lrs` has {len(spec.init_pg_lrs)} learning rates, but the "
-                f"optimizer will have {group_count(depth)} parameter groups at phase {depth} (phase 0's "
-                f"{group_count(0)}, then one per phase). Give one rate per group.",
+                f"optimizer will have {groups} parameter groups at phase {depth} (phase 0's {groups - depth}, then "
+                "one per phase). Give one rate per group.",
                 phase=depth,
                 key="new_lr_scheduler",
             )
+        _try_lr_scheduler(spec, depth, groups)
 
 
 def build_optimizer(spec: OptimizerReinit, groups: list[dict[str, Any]], phase: int) -> torch.optim.Optimizer:
@@ -96,15 +118,13 @@ def build_lr_scheduler(spec: SchedulerReinit, optimizer: torch.optim.Optimizer, 
             group["lr"] = group.get("initial_lr", group["lr"])
     scheduler = import_class(spec.class_path, phase, "new_lr_scheduler")(optimizer, **spec.init_args)
     settings = {**spec.pl_lrs_cfg, "scheduler": scheduler}
+    # Lightning's own conversion of a `configure_optimizers` scheduler dict: the same checks and defaults (private)
     return _configure_schedulers_automatic_opt([settings], spec.pl_lrs_cfg.get("monitor"))[0]
 
 
 def configured_optimizer_factory(optimizer: torch.optim.Optimizer) -> OptimizerFactory:
     """Builds an optimizer like ``optimizer`` (class and constructor defaults) over new groups: the kind a checkpoint
     written before a ``new_optimizer`` phase restores into."""
-    if isinstance(optimizer, ZeroRedundancyOptimizer):
-        local_class, local_defaults = type(optimizer.optim), constructor_defaults(optimizer.optim)
-        return lambda groups: ZeroRedundancyOptimizer(groups, optimizer_class=local_class, **local_defaults)
     optimizer_class, defaults = type(optimizer), constructor_defaults(optimizer)
     return lambda groups: optimizer_class(groups, **defaults)
 
@@ -164,24 +184,17 @@ def _try_optimizer(spec: OptimizerReinit, phase: int) -> None:
         ) from err
 
 
-def _try_lr_scheduler(spec: SchedulerReinit, phase: int) -> None:
-    import_class(spec.class_path, phase, "new_lr_scheduler")
-    if "optimizer" in spec.init_args:
-        raise FTSConfigError(
-            f"Phase {phase} `new_lr_scheduler` `init_args` has `optimizer`: the new scheduler always schedules the "
-            "run's optimizer. Remove it.",
-            phase=phase,
-            key="new_lr_scheduler",
-        )
+def _try_lr_scheduler(spec: SchedulerReinit, phase: int, groups: int) -> None:
     try:
-        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-        config = build_lr_scheduler(SchedulerReinit(spec.class_path, spec.init_args, spec.pl_lrs_cfg), optimizer, phase)
+        stand_in = [{"params": [torch.nn.Parameter(torch.zeros(1))]} for _ in range(groups)]
+        config = build_lr_scheduler(spec, torch.optim.SGD(stand_in, lr=1.0), phase)
     except FTSConfigError:
         raise
     except Exception as err:
         raise FTSConfigError(
             f"Phase {phase} `new_lr_scheduler`: {spec.class_name}(optimizer, **{spec.init_args}) with Lightning "
-            f"settings {spec.pl_lrs_cfg} fails: {type(err).__name__}: {err}. Fix `init_args` or `pl_lrs_cfg`.",
+            f"settings {spec.pl_lrs_cfg} fails over {groups} parameter group(s): {type(err).__name__}: {err}. Fix "
+            "`init_args` or `pl_lrs_cfg`.",
             phase=phase,
             key="new_lr_scheduler",
         ) from err

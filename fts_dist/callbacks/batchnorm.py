@@ -13,7 +13,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 @dataclass
 class FrozenBatchNormPolicy:
-    """Applied after every change of the trainable set (and at every epoch start, after Lightning's mode switches).
+    """Applied after every change of the trainable set; :meth:`hold` at every epoch and batch start.
 
     Args:
         track_running_stats: frozen layers keep updating their running statistics in training, as any layer does
@@ -26,27 +26,35 @@ class FrozenBatchNormPolicy:
     Example::
 
         >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)).requires_grad_(False)
-        >>> FrozenBatchNormPolicy(track_running_stats=True, eval_mode=True).apply(net)
+        >>> policy = FrozenBatchNormPolicy(track_running_stats=True, eval_mode=True)
+        >>> policy.apply(net)
+        >>> policy.hold()
         >>> net[1].training, net[0].training
         (False, True)
     """
 
     track_running_stats: bool = True
     eval_mode: bool = False
-    _tracked_before: dict[int, bool] = field(default_factory=dict, repr=False)  # each layer's own setting
-    _held_in_eval: set[int] = field(default_factory=set, repr=False)
+    _own_tracking: dict[str, bool] = field(default_factory=dict, repr=False)  # each layer's own setting, by name
+    _held: list[_BatchNorm] = field(default_factory=list, repr=False)  # the frozen layers kept in eval mode
 
     def apply(self, module: torch.nn.Module) -> None:
-        """Set every BatchNorm layer of ``module`` by whether it is frozen now."""
-        for layer in module.modules():
+        """After a change of the trainable set: set each BatchNorm layer's tracking by whether it is frozen now, and
+        (with ``eval_mode``) which layers :meth:`hold` keeps in eval mode; a layer thawed since trains again."""
+        released, self._held = self._held, []
+        for name, layer in module.named_modules():  # by name: a strategy may swap a layer (SyncBatchNorm) later
             if not isinstance(layer, _BatchNorm):
                 continue
             frozen = not any(p.requires_grad for p in layer.parameters(recurse=False))
-            own = self._tracked_before.setdefault(id(layer), layer.track_running_stats)
+            own = self._own_tracking.setdefault(name, layer.track_running_stats)
             layer.track_running_stats = own and (self.track_running_stats or not frozen)
             if self.eval_mode and frozen:
-                layer.train(False)
-                self._held_in_eval.add(id(layer))
-            elif id(layer) in self._held_in_eval:  # thawed: it trains like the layers around it
+                self._held.append(layer)
+        for layer in released:
+            if all(layer is not held for held in self._held):
                 layer.train(module.training)
-                self._held_in_eval.discard(id(layer))
+
+    def hold(self) -> None:
+        """Put the frozen layers in eval mode (again: Lightning's or the module's own mode switches may undo it)."""
+        for layer in self._held:
+            layer.train(False)

@@ -18,7 +18,7 @@ from typing_extensions import override
 
 from fts_dist.adapters import StrategyAdapter, resolve_adapter
 from fts_dist.adapters.param_groups import GroupSettings
-from fts_dist.adapters.reinit import check_init_pg_lrs, check_reinit_classes
+from fts_dist.adapters.reinit import check_new_lr_schedulers, check_reinit_classes
 from fts_dist.callbacks.batchnorm import FrozenBatchNormPolicy
 from fts_dist.callbacks.checkpoint import FTSCheckpoint
 from fts_dist.callbacks.dependencies import check_keeps_a_best_checkpoint, ensure_callbacks
@@ -278,7 +278,7 @@ class FinetuningScheduler(Callback):
         adapter, coordinator = self._adapter, self._coordinator
         adapter.setup_optimizer(trainer, coordinator.schedule[0].params)
         adapter.validate_schedule(coordinator.schedule, trainer)
-        check_init_pg_lrs(coordinator.schedule, adapter.group_count)
+        check_new_lr_schedulers(coordinator.schedule, adapter.group_count)
         coordinator.bind_phase0_lr(float(trainer.optimizers[0].param_groups[0]["lr"]))
         self._resume_at_saved_depth(trainer)
         self._update_final_phase()
@@ -305,8 +305,15 @@ class FinetuningScheduler(Callback):
         plan = self._coordinator.decide(signals, self._best_checkpoint())
         if plan is not None:
             self._apply(plan, trainer)
-        self.batchnorm.apply(pl_module)  # after Lightning set train mode; a validation restores the modes it found
+        self.batchnorm.apply(pl_module)  # the trainable set of this epoch (a transition, a resume)
+        self.batchnorm.hold()
         self._log_depth(trainer)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self.batchnorm.hold()  # a mid-epoch validation may have set the whole module to train mode
 
     @override
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

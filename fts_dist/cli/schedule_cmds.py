@@ -44,9 +44,10 @@ def validate(
         resolved = load_schedule(schedule_path, list(result.sizes), epoch_transitions_only=epoch_transitions_only)
         result.schedule = resolved.schedule
         if any(phase.new_optimizer or phase.new_lr_scheduler for phase in resolved.schedule.phases):
-            from fts_dist.adapters.reinit import check_reinit_classes  # imports the classes: only when asked
+            from fts_dist.adapters.reinit import check_new_lr_schedulers, check_reinit_classes  # imports torch
 
             check_reinit_classes(resolved.schedule)
+            check_new_lr_schedulers(resolved.schedule)  # phase 0 taken as one group (or as init_pg_lrs says)
         if resolved.unscheduled:
             unscheduled = list(resolved.unscheduled)
             result.warnings.append(f"{len(unscheduled)} parameter(s) are in no phase and stay frozen: {unscheduled}")

@@ -134,7 +134,7 @@ def apply_implicit_reinit(
         SchedulerReinit.from_config(reinit_lr_cfg)
     out = {key: dict(value) if isinstance(value, Mapping) else value for key, value in raw.items()}
     for key, phase in out.items():
-        if not isinstance(phase, dict) or str(key).strip() == "0":
+        if not isinstance(phase, dict) or str(key).strip().lstrip("0") == "":  # phase 0 (also "00")
             continue
         if reinit_optim_cfg:
             phase["new_optimizer"] = reinit_optim_cfg

@@ -35,11 +35,12 @@ def refreeze_reference(tmp_path_factory: pytest.TempPathFactory) -> Run:
 def test_zero1_carries_every_group_across_transitions_and_reinitialises_optimizer_and_schedulers(
     tmp_path: Path,
 ) -> None:
-    """Epoch-driven phases without restores, with tests.modules.REINIT_SCHEDULE: phase 1 builds a new SGD (a fresh
-    ZeRO optimizer around it, in the live engine) and a StepLR; phase 2 keeps every group, phase 1's included, whose
-    state is read back at phase 2 (ZeRO 1/2 map parameters onto their optimizer state once, after the first per-group
-    step, when a group added later has none yet), and builds a cosine schedule."""
-    args = ("--mode", "epochs", "--scheduler", "steplr", "--no-restore", "--reinit")
+    """Epoch-driven phases without restores, with tests.modules.REINIT_SCHEDULE: phase 0 runs a ChainedScheduler
+    (its children follow the rebuilt optimizer); phase 1 builds a new SGD (a fresh ZeRO optimizer around it, in the
+    live engine) and a StepLR; phase 2 keeps every group, phase 1's included, whose state is read back at phase 2
+    (ZeRO 1/2 map parameters onto their optimizer state once, after the first per-group step, when a group added
+    later has none yet), and builds a cosine schedule."""
+    args = ("--mode", "epochs", "--scheduler", "chained", "--no-restore", "--reinit")
     run = launch(tmp_path, "--strategy", "zero1", *args)
     assert run.returncode == 0, run.output[-3000:]
     reference = launch(tmp_path, *args, reference=True)

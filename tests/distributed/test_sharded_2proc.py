@@ -134,11 +134,16 @@ def test_reinitialised_optimizer_and_schedulers_restore_across_and_resume_after(
     killed = launch(tmp_path, "--strategy", strategy, *extra, *REINIT, "--kill-writing-last-at", "4")
     assert killed.returncode != 0
     assert "phase 2 trains with SGD (phase 1's `new_optimizer`): the weights of" in killed.output
+    resume_dir = tmp_path / "resume"
+    assert sorted(p.name for p in resume_dir.iterdir()) == [".last.ckpt.fts-staging", "last.ckpt", "latest.ckpt"]
+    assert not (resume_dir / ".last.ckpt.fts-staging" / "meta.pt").exists()  # the interrupted write
+    assert torch.load(resume_dir / "last.ckpt" / "meta.pt", weights_only=False)["epoch"] == 3  # the previous one
     resumed = launch(tmp_path, "--strategy", strategy, *extra, *REINIT, "--resume")
     assert resumed.returncode == 0, resumed.output[-3000:]
     assert "resumed at phase 1 of 2" in resumed.output
     assert_matches(resumed, reinit_reference.reference(), [2, 2])
     assert resumed.rank(0)["lr_schedulers"] == reinit_reference.reference()["lr_schedulers"] == ["CosineAnnealingLR"]
+    assert not (resume_dir / ".last.ckpt.fts-staging").exists()  # the next save cleared it
 
 
 def test_hsdp_replica_check_catches_weights_that_differ_between_replicas(tmp_path: Path) -> None:

@@ -127,7 +127,7 @@ def test_epoch_by_epoch_equivalence(fit, tmp_path: Path, scenario: str) -> None:
         assert mine["lrs"] == pytest.approx(original["lrs"], rel=1e-9)
     for name, value in theirs.state_dict().items():
         torch.testing.assert_close(ours.state_dict()[name], value, rtol=0, atol=1e-6)
-    assert len({len(r["lrs"]) for r in ours.records}) >= 3  # every scenario visits all its phases
+    assert len({len(r["lrs"]) for r in ours.records}) >= 3  # every scenario reaches phase 2 at least
 
 
 def test_implicit_schedules_are_identical(tmp_path: Path) -> None:

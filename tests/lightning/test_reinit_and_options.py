@@ -70,39 +70,53 @@ def fts_log() -> Iterator[list[str]]:
     logger.setLevel(logging.INFO)
 
 
+# the same, but phase 1's StepLR starts from given rates (`init_pg_lrs`) and phase 2 keeps it: a resume in phase 2
+# builds phase 1's scheduler over phase 1's two groups, then adds phase 2's
+GIVEN_RATES = {**REINIT_BY_EPOCH[1]["new_lr_scheduler"], "init_pg_lrs": [0.07, 0.05]}
+KEEPING_STEPLR = {
+    **REINIT_BY_EPOCH,
+    1: {**REINIT_BY_EPOCH[1], "new_lr_scheduler": GIVEN_RATES},
+    2: {k: v for k, v in REINIT_BY_EPOCH[2].items() if k != "new_lr_scheduler"},
+}
+
+
+@pytest.mark.parametrize("schedule", [REINIT_BY_EPOCH, KEEPING_STEPLR], ids=["cosine-in-phase-2", "steplr-kept"])
 def test_resume_after_an_optimizer_and_after_a_scheduler_reinit_equals_the_uninterrupted_run(
-    fit, tmp_path_factory
+    fit, tmp_path_factory, schedule: dict
 ) -> None:
     def run(max_epochs: int, **kwargs: Any) -> tuple[Any, Watch]:
         watch = Watch()
         callbacks = [watch, *kwargs.pop("extra_callbacks", [])]
         model = Recorder(scheduler=decay)
-        fit(model, ft_schedule=REINIT_BY_EPOCH, epoch_transitions_only=True, max_epochs=max_epochs,
+        fit(model, ft_schedule=schedule, epoch_transitions_only=True, max_epochs=max_epochs,
             extra_callbacks=callbacks, **kwargs)  # fmt: skip
         return model, watch
 
     full, full_watch = run(5)
     assert depths_by_epoch(full.records) == [0, 1, 1, 2, 2]
     kinds = [(e["optimizer"], e["schedulers"], e["bound"]) for e in full_watch.epochs]
+    phase2_scheduler = "CosineAnnealingLR" if schedule is REINIT_BY_EPOCH else "StepLR"
     assert kinds == [
         ("SGD", ["StepLR"], True),
         *[("AdamW", ["StepLR"], True)] * 2,
-        *[("AdamW", ["CosineAnnealingLR"], True)] * 2,
+        *[("AdamW", [phase2_scheduler], True)] * 2,
     ]
-    # phase 1: AdamW (fresh state) and a StepLR that starts from the current rate of group 0
+    # phase 1: AdamW (fresh state) and a StepLR from group 0's current rate (or the same, given)
     assert full_watch.epochs[1]["with_state"] == 0 and full.records[1]["lrs"] == pytest.approx([0.07, 0.05])
-    # phase 2: a cosine schedule from the groups' initial rates (AdamW's 0.01, the phases' 0.05 and 0.02)
-    assert full.records[3]["lrs"] == pytest.approx([0.01, 0.05, 0.02])
+    # phase 2: a cosine schedule from the groups' initial rates (AdamW's 0.01, the phases' 0.05 and 0.02); or the
+    # StepLR going on, halving twice, and the new group at its rate
+    expected = [0.01, 0.05, 0.02] if schedule is REINIT_BY_EPOCH else [0.07 / 4, 0.05 / 4, 0.02]
+    assert full.records[3]["lrs"] == pytest.approx(expected)
 
     every_epoch = tmp_path_factory.mktemp("every_epoch")
     saver = ModelCheckpoint(dirpath=every_epoch, filename="{epoch}", save_top_k=-1)
     run(4, extra_callbacks=[saver])
-    for taken_at in (1, 3):  # after phase 1's optimizer and scheduler re-initialisation; after phase 2's scheduler
+    for taken_at in (1, 3):  # after phase 1's optimizer and scheduler re-initialisation; in phase 2
         resumed, watch = run(5, ckpt_path=str(every_epoch / f"epoch={taken_at}.ckpt"))
         assert [(e["optimizer"], e["schedulers"], e["bound"]) for e in watch.epochs] == kinds[taken_at + 1 :]
-        for expected, got in zip(full.records[taken_at + 1 :], resumed.records, strict=True):
-            assert got["trainable"] == expected["trainable"]
-            assert got["lrs"] == pytest.approx(expected["lrs"], rel=1e-12)
+        for expected_record, got in zip(full.records[taken_at + 1 :], resumed.records, strict=True):
+            assert got["trainable"] == expected_record["trainable"]
+            assert got["lrs"] == pytest.approx(expected_record["lrs"], rel=1e-12)
         for name, value in full.state_dict().items():
             torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=1e-6)
 

@@ -99,6 +99,13 @@ class RaiseOnRankOne(pl.Callback):
 def scheduler_factory(name: str) -> Any:
     if name == "steplr":
         return lambda optimizer: torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)
+    if name == "chained":  # a composite: its children schedule the optimizer too
+        return lambda optimizer: torch.optim.lr_scheduler.ChainedScheduler(
+            [
+                torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.7),
+                torch.optim.lr_scheduler.ExponentialLR(optimizer, 0.9),
+            ]
+        )
     return None
 
 
