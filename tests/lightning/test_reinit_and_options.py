@@ -173,6 +173,23 @@ def test_bad_reinitialisation_configs_are_refused_before_training(fit, changes: 
     assert model.steps == 0
 
 
+def test_a_new_lr_scheduler_with_per_group_arguments_is_tried_over_its_phase_groups(fit) -> None:
+    """ReduceLROnPlateau with one ``min_lr`` per group of phase 2 (three): checked against three groups, not one."""
+    plateau = {
+        "lr_scheduler_init": {
+            "class_path": "torch.optim.lr_scheduler.ReduceLROnPlateau",
+            "init_args": {"min_lr": [0.0, 1e-6, 1e-6], "patience": 0},
+        },
+        "pl_lrs_cfg": {"monitor": "val_loss"},
+    }
+    schedule = {d: {**phase, "max_transition_epoch": EPOCHS[d]} for d, phase in SCHEDULE.items()}
+    schedule[2]["new_lr_scheduler"] = plateau
+    model, trainer, _ = fit(Recorder(), ft_schedule=schedule, epoch_transitions_only=True, max_epochs=4)
+    assert depths_by_epoch(model.records) == [0, 1, 1, 2]
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and scheduler.min_lrs == [0.0, 1e-6, 1e-6]
+
+
 @pytest.mark.parametrize(
     ("options", "frozen_trains", "frozen_tracks"),
     [
