@@ -18,7 +18,14 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import deepspeed_costs, overhead_and_peers, phase_costs, sharded_costs, time_to_accuracy
+from benchmarks import (
+    deepspeed_costs,
+    frozen_batchnorm,
+    overhead_and_peers,
+    phase_costs,
+    sharded_costs,
+    time_to_accuracy,
+)
 from benchmarks.common import Section
 
 SECTIONS = {
@@ -27,6 +34,7 @@ SECTIONS = {
     "accuracy": time_to_accuracy,
     "sharded": sharded_costs,
     "deepspeed": deepspeed_costs,
+    "batchnorm": frozen_batchnorm,
 }
 PREFACE = (
     "Written by `python -m benchmarks.run --markdown BENCHMARKS.md` (after `pip install -e '.[bench]'`); "

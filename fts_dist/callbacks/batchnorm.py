@@ -54,6 +54,11 @@ class FrozenBatchNormPolicy:
             if all(layer is not held for held in self._held):
                 layer.train(module.training)
 
+    def release(self, module: torch.nn.Module) -> None:
+        """Give the held layers the mode of ``module`` again (training is over)."""
+        for layer in self._held:
+            layer.train(module.training)
+
     def hold(self) -> None:
         """Put the frozen layers in eval mode (again: Lightning's or the module's own mode switches may undo it)."""
         for layer in self._held:

@@ -334,6 +334,7 @@ class FinetuningScheduler(Callback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.batchnorm.release(pl_module)
         starts = self._coordinator.state.phase_start_epochs
         summary = ", ".join(f"phase {d} from epoch {e}" for d, e in enumerate(starts))
         rank_zero_info(f"fts_dist: fine-tuning ended at phase {self.curr_depth} ({summary}): {self._stop_reason()}.")
