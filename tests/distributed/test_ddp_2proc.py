@@ -33,7 +33,11 @@ def assert_replicas_equal_every_epoch(run) -> None:
     ("launcher", "args", "depths"),
     [
         ("torchrun", ("--mode", "epochs", "--refreeze"), [0, 1, 1, 2, 2]),
-        ("lightning", ("--mode", "epochs", "--optimize-all"), [0, 1, 1, 2, 2]),
+        (
+            "lightning",
+            ("--mode", "epochs", "--optimize-all", "--scheduler", "lambda", "--apply-lambdas"),
+            [0, 1, 1, 2, 2],
+        ),
         (
             "torchrun",
             ("--mode", "early-stopping", "--scheduler", "steplr", "--max-epochs", "7", "--reinit"),
@@ -57,7 +61,7 @@ def assert_replicas_equal_every_epoch(run) -> None:
     ],
     ids=[
         "torchrun-epochs-refreeze",
-        "lightning-launcher-epochs-enforce-phase0-params",
+        "lightning-launcher-epochs-enforce-phase0-params-apply-lambdas",
         "torchrun-es-restore-steplr-reinit-optimizer-and-schedulers",
         "torchrun-zero-es-restore",
         "torchrun-zero-restore-older-phase-across-a-freeze-steplr",
@@ -72,6 +76,8 @@ def test_world_size_2_equals_single_process(tmp_path: Path, launcher: str, args:
     assert run.rank(0)["optimizer"] == optimizer  # the sharded optimizers ran, against a plain-SGD reference
     if "--optimize-all" in args:  # configure_optimizers passed every parameter: regrouped into phase 0's
         assert "its groups are now one group of phase 0's parameters" in run.output
+    if "--apply-lambdas" in args:  # phase 1 joined LambdaLR at 0.05 x 0.9 ** 1 (epoch 1), not at 0.05
+        assert run.rank(0)["records"][1]["lrs"] == pytest.approx([0.05 * 0.9, 0.05 * 0.9])
     if "--reinit" in args:  # tests.modules.REINIT_SCHEDULE: phase 2 runs phase 1's SGD and its own cosine schedule
         assert run.rank(0)["lr_schedulers"] == ["CosineAnnealingLR"]
     assert [len(r["lrs"]) - 1 for r in run.rank(0)["records"]] == depths

@@ -99,6 +99,8 @@ class RaiseOnRankOne(pl.Callback):
 def scheduler_factory(name: str) -> Any:
     if name == "steplr":
         return lambda optimizer: torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)
+    if name == "lambda":
+        return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 0.9**epoch)
     if name == "chained":  # a composite: its children schedule the optimizer too
         return lambda optimizer: torch.optim.lr_scheduler.ChainedScheduler(
             [
@@ -226,6 +228,7 @@ def main() -> None:
     parser.add_argument("--refreeze", action="store_true", help="phase 2 freezes a tensor again and scales lrs")
     parser.add_argument("--reinit", action="store_true", help="phases 1 and 2 re-initialise optimizer / LR scheduler")
     parser.add_argument("--optimize-all", action="store_true", help="configure_optimizers passes every parameter")
+    parser.add_argument("--apply-lambdas", action="store_true", help="apply_lambdas_new_pgs=True")
     args = parser.parse_args()
     out = Path(args.out)
     torch.set_num_threads(1)
@@ -244,6 +247,7 @@ def main() -> None:
             epoch_transitions_only=args.mode == "epochs",
             check_replicas=not args.naive,
             restore_best=args.plant != "mismatch" and not args.no_restore,
+            apply_lambdas_new_pgs=args.apply_lambdas,
         ),  # a restore would heal the planted fault
         FTSCheckpoint(monitor="val_loss", dirpath=out / "ckpts"),
     ]
