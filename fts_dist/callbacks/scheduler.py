@@ -11,7 +11,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 from typing_extensions import override
@@ -23,12 +22,12 @@ from fts_dist.callbacks.batchnorm import FrozenBatchNormPolicy
 from fts_dist.callbacks.checkpoint import FTSCheckpoint
 from fts_dist.callbacks.dependencies import check_keeps_a_best_checkpoint, ensure_callbacks
 from fts_dist.callbacks.early_stopping import FTSEarlyStopping
+from fts_dist.callbacks.reports import check_unused_parameters, end_of_fit_line
 from fts_dist.coordinator import (
     CheckpointRef,
     PhasePlan,
     ScheduleCoordinator,
     TransitionSignals,
-    describe_stop,
     run_on_rank_zero,
     should_transition,
 )
@@ -319,7 +318,7 @@ class FinetuningScheduler(Callback):
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._check_unused_pending:  # once per phase: the first backward shows which thawed tensors get no grad
             self._check_unused_pending = False
-            self._check_unused_parameters(pl_module)
+            check_unused_parameters(self._adapter, pl_module, self.curr_depth)
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -335,9 +334,7 @@ class FinetuningScheduler(Callback):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.batchnorm.release(pl_module)
-        starts = self._coordinator.state.phase_start_epochs
-        summary = ", ".join(f"phase {d} from epoch {e}" for d, e in enumerate(starts))
-        rank_zero_info(f"fts_dist: fine-tuning ended at phase {self.curr_depth} ({summary}): {self._stop_reason()}.")
+        rank_zero_info(end_of_fit_line(trainer, self._coordinator, self.early_stopping))
 
     # -- internals ---------------------------------------------------------------------------------------------
     def _apply(self, plan: PhasePlan, trainer: pl.Trainer) -> None:
@@ -354,20 +351,6 @@ class FinetuningScheduler(Callback):
             f"{self.trainable_numel:,} trainable parameters in {len(plan.trainable)} tensors, "
             f"{len(trainer.optimizers[0].param_groups)} optimizer groups, {restored} "
             f"(transition took {self.transition_seconds[plan.depth]:.2f} s)."
-        )
-
-    def _stop_reason(self) -> str:
-        trainer, coordinator, es = self._trainer, self._coordinator, self.early_stopping
-        early_stop = None
-        if es is not None and es.stopping_reason != EarlyStoppingReason.NOT_STOPPED:
-            early_stop = (es.stopped_epoch, es.stopping_reason_message or es.stopping_reason.name)
-        return describe_stop(
-            depth=coordinator.depth,
-            max_depth=coordinator.max_depth,
-            final_depth=coordinator.schedule.final_depth,
-            epoch=trainer.current_epoch,
-            max_epochs=trainer.fit_loop.max_epochs,
-            early_stop=early_stop,
         )
 
     def _prepare_schedule(self, pl_module: pl.LightningModule, log_dir: Path) -> ResolvedSchedule:
@@ -404,24 +387,6 @@ class FinetuningScheduler(Callback):
         if coordinator.depth > 0 and len(optimizer.param_groups) < self._adapter.group_count(coordinator.depth):
             self._adapter.apply_plan(coordinator.resume_plan(trainer.current_epoch), trainer)
             rank_zero_info(f"fts_dist: resumed at phase {coordinator.depth} of {coordinator.max_depth}.")
-
-    def _check_unused_parameters(self, pl_module: pl.LightningModule) -> None:
-        unused = self._adapter.parameters_without_gradient(pl_module)
-        if not unused:
-            return
-        depth = self.curr_depth
-        if self._adapter.unused_parameters_are_fatal():
-            raise FTSConfigError(
-                f"{len(unused)} parameter(s) thawed by phase {depth} or earlier got no gradient in the phase's first "
-                f"step: {unused}. DDP would stop at the next step. Remove them from the schedule (they then stay "
-                "frozen), or use DDPStrategy(find_unused_parameters=True) if they are used only on some steps.",
-                phase=depth,
-                key="params",
-            )
-        rank_zero_warn(
-            f"fts_dist: {len(unused)} parameter(s) thawed by phase {depth} or earlier got no gradient in the phase's "
-            f"first step and do not train: {unused}. Remove them from the schedule to silence this."
-        )
 
     def _update_final_phase(self) -> None:
         if self.early_stopping is not None:

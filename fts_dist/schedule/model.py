@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from fts_dist.errors import FTSConfigError
+from fts_dist.schedule.numbers import non_negative_number
 from fts_dist.schedule.reinit import OptimizerReinit, SchedulerReinit
 
 _PHASE_KEYS = ("params", "max_transition_epoch", "lr", "new_optimizer", "new_lr_scheduler", "freeze", "scale_lrs")
@@ -237,11 +237,8 @@ def _parse_epoch(depth: int, epoch: Any) -> int:
 def _parse_lr(depth: int, lr: Any, key: str = "lr") -> float | None:
     if lr is None:
         return None
-    try:
-        value = float(lr) if not isinstance(lr, bool) else math.nan
-    except (TypeError, ValueError):
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
+    value = non_negative_number(lr)
+    if value is None:
         raise FTSConfigError(
             f"Phase {depth} `{key}` must be a non-negative number, got {lr!r}. Write it as e.g. `{key}: 1.0e-05` "
             "(YAML reads `1e-5` as a string, which fts_dist also accepts).",

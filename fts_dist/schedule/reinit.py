@@ -7,12 +7,12 @@ Only the structure is checked here; importing the classes and trying their argum
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from fts_dist.errors import FTSConfigError
+from fts_dist.schedule.numbers import non_negative_number
 
 _OPTIMIZER_KEYS = ("optimizer_init",)
 _SCHEDULER_KEYS = ("lr_scheduler_init", "pl_lrs_cfg", "use_current_optimizer_pg_lrs", "init_pg_lrs")
@@ -20,7 +20,22 @@ _INIT_KEYS = ("class_path", "init_args")
 
 
 @dataclass(frozen=True)
-class OptimizerReinit:
+class _ClassToBuild:
+    """A class by import path and the keyword arguments to build it with."""
+
+    class_path: str
+    init_args: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def class_name(self) -> str:
+        return self.class_path.rsplit(".", 1)[-1]
+
+    def init_config(self) -> dict[str, Any]:
+        return {"class_path": self.class_path, "init_args": dict(self.init_args)}
+
+
+@dataclass(frozen=True)
+class OptimizerReinit(_ClassToBuild):
     """A phase's new optimizer: ``class_path`` built with ``init_args`` over every trainable parameter.
 
     Example::
@@ -30,13 +45,6 @@ class OptimizerReinit:
         OptimizerReinit(class_path='torch.optim.AdamW', init_args={'lr': 0.001})
     """
 
-    class_path: str
-    init_args: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def class_name(self) -> str:
-        return self.class_path.rsplit(".", 1)[-1]
-
     @classmethod
     def from_config(cls, config: Any, phase: int | None = None) -> OptimizerReinit:
         where = _where(phase, "new_optimizer")
@@ -45,11 +53,11 @@ class OptimizerReinit:
         return cls(class_path, init_args)
 
     def to_config(self) -> dict[str, Any]:
-        return {"optimizer_init": {"class_path": self.class_path, "init_args": dict(self.init_args)}}
+        return {"optimizer_init": self.init_config()}
 
 
 @dataclass(frozen=True)
-class SchedulerReinit:
+class SchedulerReinit(_ClassToBuild):
     """A phase's new LR scheduler, built over the optimizer once the phase's group is added.
 
     Before it is built, every group's ``lr`` is set to ``init_pg_lrs`` (which also become the groups'
@@ -57,15 +65,9 @@ class SchedulerReinit:
     ``initial_lr``. ``pl_lrs_cfg`` holds Lightning's scheduler settings (``interval``, ``frequency``, ``monitor``...).
     """
 
-    class_path: str
-    init_args: dict[str, Any] = field(default_factory=dict)
     pl_lrs_cfg: dict[str, Any] = field(default_factory=dict)
     use_current_optimizer_pg_lrs: bool = False
     init_pg_lrs: tuple[float, ...] | None = None
-
-    @property
-    def class_name(self) -> str:
-        return self.class_path.rsplit(".", 1)[-1]
 
     @classmethod
     def from_config(cls, config: Any, phase: int | None = None) -> SchedulerReinit:
@@ -92,9 +94,7 @@ class SchedulerReinit:
         return cls(class_path, init_args, dict(pl_lrs_cfg), current, _parse_init_pg_lrs(config, where, phase, key))
 
     def to_config(self) -> dict[str, Any]:
-        config: dict[str, Any] = {
-            "lr_scheduler_init": {"class_path": self.class_path, "init_args": dict(self.init_args)}
-        }
+        config: dict[str, Any] = {"lr_scheduler_init": self.init_config()}
         if self.pl_lrs_cfg:
             config["pl_lrs_cfg"] = dict(self.pl_lrs_cfg)
         if self.use_current_optimizer_pg_lrs:
@@ -186,18 +186,12 @@ def _parse_init_pg_lrs(config: Mapping[str, Any], where: str, phase: int | None,
     lrs = config.get("init_pg_lrs")
     if lrs is None:
         return None
-    values: list[float] = []
-    entries: list[Any] = list(lrs) if isinstance(lrs, list | tuple) else [None]
-    for lr in entries:
-        try:
-            value = float(lr) if not isinstance(lr, bool) else math.nan
-        except (TypeError, ValueError):
-            value = math.nan
-        if not math.isfinite(value) or value < 0:
-            raise FTSConfigError(
-                f"{where} `init_pg_lrs` must be a list of non-negative numbers, one per parameter group, got {lrs!r}.",
-                phase=phase,
-                key=key,
-            )
-        values.append(value)
-    return tuple(values)
+    rates = [non_negative_number(lr) for lr in lrs] if isinstance(lrs, list | tuple) else [None]
+    checked = tuple(rate for rate in rates if rate is not None)
+    if len(checked) != len(rates):
+        raise FTSConfigError(
+            f"{where} `init_pg_lrs` must be a list of non-negative numbers, one per parameter group, got {lrs!r}.",
+            phase=phase,
+            key=key,
+        )
+    return checked

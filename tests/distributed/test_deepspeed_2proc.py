@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from tests.distributed.launch import TIMEOUT_S, Run, free_port, launch
-from tests.distributed.test_sharded_2proc import REFREEZE, STALE_DEPTHS, assert_matches, assert_refrozen
+from tests.distributed.test_sharded_2proc import (
+    REFREEZE,
+    STALE_DEPTHS,
+    assert_matches,
+    assert_refrozen,
+    one_process_reference,
+)
 
 pytestmark = [
     pytest.mark.distributed,
@@ -27,9 +33,7 @@ MEMORY_WORKER = Path(__file__).parent / "workers" / "deepspeed_memory.py"
 @pytest.fixture(scope="module")
 def refreeze_reference(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """One process without DeepSpeed over the same global batches, with the same optimizer (SGD, momentum)."""
-    run = launch(tmp_path_factory.mktemp("reference"), *REFREEZE, reference=True)
-    assert run.returncode == 0, run.output[-3000:]
-    return run
+    return one_process_reference(tmp_path_factory, *REFREEZE)
 
 
 def test_zero1_carries_every_group_across_transitions_and_reinitialises_optimizer_and_schedulers(

@@ -24,12 +24,16 @@ STALE_DEPTHS = [0, 0, 0, 1, 2, 2]
 REFREEZE = (*STALE, "--refreeze")
 
 
-@pytest.fixture(scope="module")
-def refreeze_reference(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    """One process over the global batches of the ``REFREEZE`` run (shared by the tests that run it)."""
-    run = launch(tmp_path_factory.mktemp("reference"), *REFREEZE, reference=True)
+def one_process_reference(tmp_path_factory: pytest.TempPathFactory, *args: str) -> Run:
+    """One process over the global batches of a run with ``args`` (shared by the tests that run it)."""
+    run = launch(tmp_path_factory.mktemp("reference"), *args, reference=True)
     assert run.returncode == 0, run.output[-3000:]
     return run
+
+
+@pytest.fixture(scope="module")
+def refreeze_reference(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    return one_process_reference(tmp_path_factory, *REFREEZE)
 
 
 def max_abs_diff(a: dict, b: dict) -> float:
@@ -118,9 +122,7 @@ REINIT = (*STALE, "--reinit")
 
 @pytest.fixture(scope="module")
 def reinit_reference(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    run = launch(tmp_path_factory.mktemp("reinit_reference"), *REINIT, reference=True)
-    assert run.returncode == 0, run.output[-3000:]
-    return run
+    return one_process_reference(tmp_path_factory, *REINIT)
 
 
 @pytest.mark.parametrize(("strategy", "extra"), [("fsdp2", ()), ("fsdp1", ("--sharding", "SHARD_GRAD_OP"))])
