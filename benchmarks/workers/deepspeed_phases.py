@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 
 from benchmarks.workers.demo_phases import SCHEDULE, demo_model_and_data, finish_distributed_worker, freeze_to_depth
 from fts_dist import DeepSpeedStrategy, FinetuningScheduler, FTSCheckpoint
-from fts_dist.adapters.deepspeed_engine import state_bytes
+from fts_dist.adapters.deepspeed.engine import state_bytes
 
 
 class StepMeter(pl.Callback):

@@ -2,9 +2,7 @@
 
 from fts_dist.adapters.base import CheckpointRestoreError, ReplicaMismatchError, StrategyAdapter
 from fts_dist.adapters.ddp import DDPAdapter
-from fts_dist.adapters.deepspeed import DeepSpeedAdapter
-from fts_dist.adapters.fsdp1 import FSDP1Adapter
-from fts_dist.adapters.fsdp2 import FSDP2Adapter
+from fts_dist.adapters.deepspeed.adapter import DeepSpeedAdapter
 from fts_dist.adapters.registry import (
     adapter_class_for,
     check_strategy_supported,
@@ -15,6 +13,8 @@ from fts_dist.adapters.registry import (
     supported_strategies,
 )
 from fts_dist.adapters.replicas import ReplicaView
+from fts_dist.adapters.sharded.fsdp1 import FSDP1Adapter
+from fts_dist.adapters.sharded.fsdp2 import FSDP2Adapter
 
 __all__ = [
     "CheckpointRestoreError",

@@ -16,7 +16,13 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from typing_extensions import override
 
-from fts_dist.adapters.param_groups import (
+from fts_dist.adapters.replicas import ReplicaView, replica_problems, replica_view
+from fts_dist.adapters.strategy_hooks import lightning_method, wrap_lightning_method
+from fts_dist.checkpoint_io import install_atomic_checkpoint_io
+from fts_dist.coordinator import Comm, LocalComm, PhasePlan
+from fts_dist.errors import FTSConfigError
+from fts_dist.log import rank_zero_info
+from fts_dist.optim.param_groups import (
     GroupSettings,
     PhaseGroup,
     add_param_group,
@@ -25,7 +31,7 @@ from fts_dist.adapters.param_groups import (
     scale_learning_rates,
     truncate_param_groups,
 )
-from fts_dist.adapters.reinit import (
+from fts_dist.optim.reinit import (
     OptimizerFactory,
     build_lr_scheduler,
     build_optimizer,
@@ -34,12 +40,6 @@ from fts_dist.adapters.reinit import (
     reapply_learning_rates,
     rebind_lr_schedulers,
 )
-from fts_dist.adapters.replicas import ReplicaView, replica_problems, replica_view
-from fts_dist.adapters.strategy_hooks import lightning_method, wrap_lightning_method
-from fts_dist.checkpoint_io import install_atomic_checkpoint_io
-from fts_dist.coordinator import Comm, LocalComm, PhasePlan
-from fts_dist.errors import FTSConfigError
-from fts_dist.log import rank_zero_info
 from fts_dist.schedule import Schedule
 
 

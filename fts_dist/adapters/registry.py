@@ -28,9 +28,9 @@ from typing_extensions import override
 
 from fts_dist.adapters.base import StrategyAdapter
 from fts_dist.adapters.ddp import DDPAdapter
-from fts_dist.adapters.deepspeed import DeepSpeedAdapter
-from fts_dist.adapters.fsdp1 import FSDP1Adapter
-from fts_dist.adapters.fsdp2 import FSDP2Adapter
+from fts_dist.adapters.deepspeed.adapter import DeepSpeedAdapter
+from fts_dist.adapters.sharded.fsdp1 import FSDP1Adapter
+from fts_dist.adapters.sharded.fsdp2 import FSDP2Adapter
 from fts_dist.adapters.torch_comm import TorchDistributedComm
 from fts_dist.coordinator import Comm, LocalComm
 from fts_dist.errors import FTSConfigError

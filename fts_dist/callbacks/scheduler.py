@@ -16,8 +16,6 @@ from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
 from fts_dist.adapters import StrategyAdapter, resolve_adapter
-from fts_dist.adapters.param_groups import GroupSettings
-from fts_dist.adapters.reinit import check_new_lr_schedulers, check_reinit_classes
 from fts_dist.callbacks.batchnorm import FrozenBatchNormPolicy
 from fts_dist.callbacks.checkpoint import FTSCheckpoint
 from fts_dist.callbacks.dependencies import check_keeps_a_best_checkpoint, ensure_callbacks
@@ -33,6 +31,8 @@ from fts_dist.coordinator import (
 )
 from fts_dist.errors import FTSConfigError
 from fts_dist.log import logger, rank_zero_info
+from fts_dist.optim.param_groups import GroupSettings
+from fts_dist.optim.reinit import check_new_lr_schedulers, check_reinit_classes
 from fts_dist.runtime.liveness import RankLiveness
 from fts_dist.schedule import ResolvedSchedule, Schedule, ScheduleSource, load_schedule, write_schedule_file
 

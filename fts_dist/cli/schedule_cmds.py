@@ -44,7 +44,7 @@ def validate(
         resolved = load_schedule(schedule_path, list(result.sizes), epoch_transitions_only=epoch_transitions_only)
         result.schedule = resolved.schedule
         if any(phase.new_optimizer or phase.new_lr_scheduler for phase in resolved.schedule.phases):
-            from fts_dist.adapters.reinit import check_new_lr_schedulers, check_reinit_classes  # imports torch
+            from fts_dist.optim.reinit import check_new_lr_schedulers, check_reinit_classes  # imports torch
 
             check_reinit_classes(resolved.schedule)
             check_new_lr_schedulers(resolved.schedule)  # phase 0 taken as one group (or as init_pg_lrs says)

@@ -2,7 +2,7 @@
 (and the callback's ``reinit_optim_cfg`` / ``reinit_lr_cfg``), in finetuning-scheduler 2.x's format, as plain data.
 
 Only the structure is checked here; importing the classes and trying their arguments happens where torch is at hand
-(:mod:`fts_dist.adapters.reinit`), still before step 0.
+(:mod:`fts_dist.optim.reinit`), still before step 0.
 """
 
 from __future__ import annotations

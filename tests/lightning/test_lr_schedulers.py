@@ -4,7 +4,7 @@ each LR scheduler fts_dist extends, against the scheduler alone.
 The reference ("the scheduler alone") is the same scheduler class and arguments over a plain SGD holding every
 phase's group from step 0, each at its phase's learning rate L, stepped as often without Lightning. Phase 0's group
 gets exactly the reference's rates at every step. A group that joins at step j follows its scheduler's rule
-(``SCHEDULER_RULES`` in fts_dist/adapters/param_groups.py) from then on, later transitions notwithstanding:
+(``SCHEDULER_RULES`` in fts_dist/optim/param_groups.py) from then on, later transitions notwithstanding:
 
 - ``EQUAL``, closed-form schedulers (LambdaLR, hence transformers' warmup schedules; CosineAnnealingWarmRestarts;
   OneCycleLR): it starts at L (OneCycleLR: at the schedule's current rate), then gets the reference's rates;
@@ -27,7 +27,7 @@ import torch
 from torch.optim import lr_scheduler
 
 from fts_dist import FTSConfigError
-from fts_dist.adapters.param_groups import check_lr_scheduler_supported
+from fts_dist.optim.param_groups import check_lr_scheduler_supported
 from tests.lightning.conftest import Recorder
 from tests.modules import REFREEZE_SCHEDULE, SCHEDULE
 

@@ -77,7 +77,7 @@ def test_an_empty_group_deepspeed_would_drop_is_refused_when_it_misaligns_the_sc
     ],
 )
 def test_only_optimizers_a_rebuild_carries_over_are_accepted(optimizer: Any, accepted: bool) -> None:
-    from fts_dist.adapters.deepspeed import _rebuildable
+    from fts_dist.adapters.deepspeed.adapter import _rebuildable
 
     assert _rebuildable(optimizer([torch.nn.Parameter(torch.zeros(2))])) is accepted
 

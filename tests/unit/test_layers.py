@@ -15,6 +15,7 @@ LAYERS = {  # top-level module or subpackage of fts_dist -> layer (higher may im
     "checkpoint_io": 3,
     "log": 3,
     "strategies": 3,
+    "optim": 3,
     "adapters": 4,
     "runtime": 4,
     "callbacks": 5,

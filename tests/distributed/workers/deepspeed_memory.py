@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from fts_dist import DeepSpeedStrategy, FinetuningScheduler, FTSCheckpoint
-from fts_dist.adapters.deepspeed_engine import state_bytes, trim_host_memory
+from fts_dist.adapters.deepspeed.engine import state_bytes, trim_host_memory
 from tests.worker_exit import finish_worker
 
 LAYERS, WIDTH = 7, 192

@@ -20,10 +20,8 @@ from torch.distributed.checkpoint import CheckpointException, FileSystemReader
 from typing_extensions import override
 
 from fts_dist.adapters.distributed import DistributedAdapter
-from fts_dist.adapters.param_groups import lr_schedulers, truncate_param_groups
-from fts_dist.adapters.strategy_hooks import wrap_lightning_method
-from fts_dist.checkpoint_io import publish, staging_path, tidy_checkpoint_directory
-from fts_dist.coordinator import Comm
+from fts_dist.adapters.staged_saves import stage_checkpoint_directories
+from fts_dist.optim.param_groups import lr_schedulers, truncate_param_groups
 
 _OPTIMIZER_GROUPS_KEY = "optimizer_0.param_groups."  # how Lightning's sharded saves name the first optimizer's groups
 
@@ -55,37 +53,6 @@ class ShardedAdapter(DistributedAdapter):
             self._load_strategy_checkpoint(path)  # weights and optimizer state in place, each rank its own shards
         except CheckpointException as err:  # a BaseException: make it an ordinary error the transition reports
             raise RuntimeError(str(err)) from err
-
-
-def stage_checkpoint_directories(strategy: pl.strategies.Strategy, comm: Comm) -> None:
-    """Have ``strategy`` write each checkpoint that every rank writes into to a hidden staging directory, moved
-    into place once all ranks have finished (a failure on any rank is raised on every rank)."""
-
-    def staged(save: Callable[..., Any]) -> Callable[..., Any]:
-        def save_checkpoint(checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
-            target = Path(strategy.broadcast(str(filepath)))
-            staging = staging_path(target)
-            _together(comm, lambda: tidy_checkpoint_directory(target.parent), rank_zero_only=True)
-            _together(comm, lambda: save(checkpoint, staging, storage_options))  # every rank its shards
-            _together(comm, lambda: publish(staging, target), rank_zero_only=True)
-
-        return save_checkpoint
-
-    wrap_lightning_method(strategy, "save_checkpoint", staged)
-
-
-def _together(comm: Comm, work: Callable[[], Any], rank_zero_only: bool = False) -> None:
-    """Collective: run ``work`` (on every rank, or rank 0 alone) and raise on every rank if it failed on any, so
-    no rank waits in the next collective for a peer that gave up."""
-    failure = None
-    if not rank_zero_only or comm.rank == 0:
-        try:
-            work()
-        except Exception as err:
-            failure = f"{type(err).__name__}: {err}"
-    failed = [(rank, message) for rank, message in enumerate(comm.all_gather(failure)) if message]
-    if failed:
-        raise RuntimeError(f"fts_dist: writing a sharded checkpoint failed on rank {failed[0][0]}: {failed[0][1]}")
 
 
 def check_saved_group_count(path: Path, groups: int) -> None:

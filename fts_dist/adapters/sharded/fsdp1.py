@@ -22,7 +22,7 @@ from torch.distributed.fsdp._common_utils import clean_tensor_name
 from typing_extensions import override
 
 from fts_dist.adapters.replicas import ReplicaView, ShardKey, checksum
-from fts_dist.adapters.sharded import ShardedAdapter
+from fts_dist.adapters.sharded.common import ShardedAdapter
 from fts_dist.errors import FTSConfigError
 from fts_dist.schedule import Schedule
 

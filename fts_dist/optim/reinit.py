@@ -18,8 +18,8 @@ from pytorch_lightning.core.optimizer import _configure_schedulers_automatic_opt
 from pytorch_lightning.utilities.types import LRSchedulerConfig
 from torch.distributed.optim import ZeroRedundancyOptimizer
 
-from fts_dist.adapters.param_groups import GroupSettings, check_lr_scheduler_supported, walk_schedulers
 from fts_dist.errors import FTSConfigError
+from fts_dist.optim.param_groups import GroupSettings, check_lr_scheduler_supported, walk_schedulers
 from fts_dist.schedule import Schedule
 from fts_dist.schedule.reinit import OptimizerReinit, SchedulerReinit
 

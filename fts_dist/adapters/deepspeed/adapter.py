@@ -1,7 +1,7 @@
 """The DeepSpeed adapter: scheduled fine-tuning under Lightning's ``DeepSpeedStrategy``, ZeRO stages 1, 2 and 3.
 
 At every transition the engine's ZeRO optimizer is rebuilt inside the live engine for the new trainable set
-(:mod:`fts_dist.adapters.deepspeed_engine`): earlier groups keep their weights, fp32 masters and optimizer state,
+(:mod:`fts_dist.adapters.deepspeed.engine`): earlier groups keep their weights, fp32 masters and optimizer state,
 step counts included; the new phase's group starts fresh; frozen parameters hold no gradient buffer, no fp32 copy
 and no optimizer state on any rank. The documented alternative, frozen parameters in an ``lr=0`` group (DeepSpeed
 issue 2615), holds masters and state for them all along and advances Adam's step counts before they thaw.
@@ -26,24 +26,24 @@ import torch
 from pytorch_lightning.strategies import DeepSpeedStrategy
 from typing_extensions import override
 
-from fts_dist.adapters.deepspeed_engine import (
+from fts_dist.adapters.deepspeed.engine import (
     group_parameters,
     rebuild_zero_optimizer,
     relink_after_load,
     zero_stage,
 )
 from fts_dist.adapters.distributed import DistributedAdapter
-from fts_dist.adapters.param_groups import (
+from fts_dist.adapters.replicas import ReplicaView
+from fts_dist.adapters.staged_saves import stage_checkpoint_directories
+from fts_dist.errors import FTSConfigError
+from fts_dist.optim.param_groups import (
     PhaseGroup,
     extend_schedulers,
     lr_schedulers,
     truncate_schedulers,
     walk_schedulers,
 )
-from fts_dist.adapters.reinit import OptimizerFactory, build_optimizer, rebind_lr_schedulers
-from fts_dist.adapters.replicas import ReplicaView
-from fts_dist.adapters.sharded import stage_checkpoint_directories
-from fts_dist.errors import FTSConfigError
+from fts_dist.optim.reinit import OptimizerFactory, build_optimizer, rebind_lr_schedulers
 from fts_dist.schedule import Schedule
 
 

@@ -39,9 +39,9 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 from typing_extensions import override
 
-from fts_dist.adapters.param_groups import lr_schedulers, truncate_param_groups
-from fts_dist.adapters.sharded import ShardedAdapter, check_saved_group_count
+from fts_dist.adapters.sharded.common import ShardedAdapter, check_saved_group_count
 from fts_dist.errors import FTSConfigError
+from fts_dist.optim.param_groups import lr_schedulers, truncate_param_groups
 from fts_dist.schedule import Schedule
 
 

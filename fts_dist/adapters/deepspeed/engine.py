@@ -6,13 +6,21 @@ same module leaked the whole old engine through its forward hooks here (385 -> 1
 ZeRO-3). So :func:`rebuild_zero_optimizer` replaces only the ZeRO optimizer, inside the engine, through the engine's
 own optimizer-configuration path, in four steps:
 
-1. snapshot, through DeepSpeed's tensor-fragment accessors, every kept parameter's fp32 master and optimizer state
-   (``safe_get_full_*`` under ZeRO 1/2, ``safe_get_local_*`` under ZeRO-3), and every group's settings and step
-   count, on the host;
-2. build a new basic optimizer of the same class over the new groups, ``destroy()`` the old ZeRO optimizer, then
+1. hold on to what the kept groups own on this rank, at O(this rank's share):
+
+   - a kept group whose members are unchanged (the common case: a phase only adds a group) partitions the same way
+     in the new optimizer, so its flat fp32 partition and the optimizer state over it are handed over as they are,
+     by reference (nothing is copied; ZeRO 1/2 also keep the group's flat bit16 buffer the weights live in);
+   - a kept group that changed members (``freeze:``, or a restore that gives frozen parameters back) is snapshotted
+     per parameter on the host, through DeepSpeed's tensor-fragment accessors (``safe_get_full_*`` under ZeRO 1/2,
+     ``safe_get_local_*`` under ZeRO-3);
+
+2. build a new basic optimizer of the same class over the new groups, ``destroy()`` the old ZeRO optimizer and
+   collect it (its hooks hold it in a reference cycle: left to the collector, its buffers outlive the build), then
    ``engine._configure_optimizer`` (which partitions it: fp32 masters and state for trainable parameters only);
-3. create the kept groups' optimizer state (the optimizer creates it lazily, and ``safe_set_*`` needs it), re-arm
-   stage 1/2's state linking, restore the snapshot, and push the masters back into the weights;
+3. give the handed-over groups their partition and state, create the snapshotted groups' state (the optimizer creates
+   it lazily, and ``safe_set_*`` needs it), re-arm stage 1/2's state linking, restore the snapshot, and push those
+   masters back into the weights;
 4. re-register the engine's gradient-accumulation hook, which the engine registers only once.
 
 Measured on this machine (DeepSpeed 0.19.8, CPU, gloo, 2 ranks; tests/distributed/test_deepspeed_2proc.py): final
@@ -26,13 +34,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from fts_dist.adapters.reinit import constructor_defaults
+from fts_dist.optim.reinit import constructor_defaults
 
 
 @dataclass
@@ -89,21 +97,25 @@ def rebuild_zero_optimizer(
     optimizer creates their state at its first step, as it would have. Groups the old optimizer had beyond
     ``len(groups)`` are dropped. With ``fresh`` (a factory over group dicts), the basic optimizer is ``fresh``'s, with
     its own settings: only the fp32 masters are kept (under bf16 or fp16 the weights alone would round them), every
-    group's state starts anew. Parameters in no group are
-    frozen. Call it at an optimizer-step boundary (no
+    group's state starts anew. Parameters in no group are frozen. Call it at an optimizer-step boundary (no
     gradients pending). Returns the new ZeRO optimizer, also at ``engine.optimizer``.
 
-    While it runs, a rank holds the kept groups' masters and state a second time: on the host (ZeRO 1/2 gather
-    each parameter whole; ZeRO-3 keeps to its own partitions).
+    Memory: a kept group with unchanged members costs nothing beyond one new fp32 partition (its state is handed
+    over); only a group that changed members is held a second time, on the host, while the optimizer is rebuilt
+    (ZeRO 1/2 gather each of its parameters whole; ZeRO-3 keeps to its own partitions).
     """
-    old_group_of = {id(p): index for index, params in enumerate(group_parameters(engine)) for p in params}
+    old_groups = group_parameters(engine)
+    old_group_of = {id(p): index for index, params in enumerate(old_groups) for p in params}
     kept = min(len(set(old_group_of.values())), len(groups))
     for index, group in enumerate(groups):
         moved = [p for p in group["params"] if old_group_of.get(id(p), index) != index]
         if moved and fresh is None:
             raise ValueError(f"optimizer group {index} holds a parameter of group {old_group_of[id(moved[0])]}")
-    keep = {id(p) for group in groups[:kept] for p in group["params"]}
+    unchanged = {i for i in range(kept) if _ids_in_order(groups[i]["params"]) == _ids_in_order(old_groups[i])}
+    keep = {id(p) for i, group in enumerate(groups[:kept]) if i not in unchanged for p in group["params"]}
     saved = _snapshot(engine, kept, keep, masters_only=fresh is not None)
+    handed = _hand_over_partitions(engine, unchanged, masters_only=fresh is not None)
+    bit16_buffers = _bit16_buffers(engine, unchanged)
     new_groups = [
         {**group, **(saved[index].settings if index < kept and fresh is None else {}), "params": list(group["params"])}
         for index, group in enumerate(groups)
@@ -113,16 +125,39 @@ def rebuild_zero_optimizer(
     else:
         basic = type(engine.optimizer.optimizer)(new_groups, **constructor_defaults(engine.optimizer.optimizer))
     engine.optimizer.destroy()
-    engine.optimizer = engine.basic_optimizer = None  # nothing here keeps the old optimizer alive while the new builds
+    engine.optimizer = engine.basic_optimizer = None
+    gc.collect()  # the old optimizer sits in a reference cycle (its hooks): its buffers go now, not after the build
     trainable = {id(p) for group in new_groups for p in group["params"]}
     for param in engine.module.parameters():
         param.grad = None
         param.requires_grad_(id(param) in trainable)
-    engine._configure_optimizer(basic, [p for group in new_groups for p in group["params"]])
+    with _reusing_bit16_buffers(bit16_buffers):
+        engine._configure_optimizer(basic, [p for group in new_groups for p in group["params"]])
+    del bit16_buffers
+    _take_over(engine, handed)
     _restore(engine, saved)
     if getattr(engine, "_support_torch_style_backward", False):  # the engine registers it at __init__ only
         engine.optimizer.register_grad_acc_post_hook(engine._backward_post_hook)
     return engine.optimizer
+
+
+def snapshot_bytes(engine: Any, groups: Sequence[dict[str, Any]]) -> int:
+    """Bytes a rebuild over ``groups`` would copy to the host before the new optimizer is built: the kept groups that
+    changed members, per parameter (whole under ZeRO 1/2, this rank's partitions under ZeRO-3). Kept groups with
+    unchanged members are handed over and copy nothing."""
+    old_groups = group_parameters(engine)
+    stage, basic = zero_stage(engine), engine.optimizer.optimizer
+    entries = {group: 1 + sum(1 for v in basic.state.get(flat, {}).values() if torch.is_tensor(v) and v.dim() > 0)
+               for group, flat in flat_partitions(engine)}  # fmt: skip
+    total = 0
+    for index, group in enumerate(groups[: len(old_groups)]):
+        if _ids_in_order(group["params"]) == _ids_in_order(old_groups[index]):
+            continue
+        keep = {id(p) for p in group["params"]}
+        for param in (p for p in old_groups[index] if id(p) in keep):
+            numel = param.ds_tensor.numel() if stage == 3 else param.numel()  # type: ignore[attr-defined]
+            total += 4 * numel * entries.get(index, 1)
+    return total
 
 
 def relink_after_load(engine: Any) -> None:
@@ -173,6 +208,91 @@ def _snapshot(engine: Any, kept: int, keep: set[int], masters_only: bool = False
         settings = {k: v for k, v in engine.optimizer.param_groups[index].items() if k != "params"}
         saved.append(_Saved(settings, scalars, tensors))
     return saved
+
+
+@dataclass
+class _Handed:
+    """A kept group with unchanged members: this rank's flat fp32 partitions of it (one per ZeRO-3 sub-group) and
+    the optimizer state over each, taken from the old optimizer by reference."""
+
+    group: int
+    partitions: list[tuple[torch.Tensor, dict[str, Any]]]
+
+
+def _hand_over_partitions(engine: Any, groups: set[int], masters_only: bool) -> list[_Handed]:
+    basic = engine.optimizer.optimizer
+    handed: dict[int, _Handed] = {}
+    for group, flat in flat_partitions(engine):
+        if group in groups:
+            flat.grad = None  # the old optimizer's gradient partition goes with it
+            state = {} if masters_only else basic.state.get(flat, {})
+            handed.setdefault(group, _Handed(group, [])).partitions.append((flat, state))
+    return list(handed.values())
+
+
+def _take_over(engine: Any, handed: list[_Handed]) -> None:
+    """The new optimizer partitions an unchanged group exactly as the old one did: its fp32 partitions take the old
+    values (under bf16 the weights alone would round them) and the old state, as it is."""
+    basic = engine.optimizer.optimizer
+    new: dict[int, list[torch.Tensor]] = {}
+    for group, flat in flat_partitions(engine):
+        new.setdefault(group, []).append(flat)
+    for entry in handed:
+        flats = new.get(entry.group, [])
+        if [f.numel() for f in flats] != [old.numel() for old, _ in entry.partitions]:
+            raise RuntimeError(f"fts_dist: ZeRO partitioned optimizer group {entry.group} anew differently")
+        for flat, (old, state) in zip(flats, entry.partitions, strict=True):
+            if flat is not old:
+                flat.data.copy_(old)
+            if state:
+                basic.state[flat] = state
+        entry.partitions.clear()
+
+
+def _bit16_buffers(engine: Any, groups: set[int]) -> dict[tuple[int, ...], torch.Tensor]:
+    """ZeRO 1/2: the flat bit16 buffer each unchanged group's weights live in, by the group's parameters (as
+    ZeRO flattens them), for :func:`_reusing_bit16_buffers`."""
+    if zero_stage(engine) == 3:
+        return {}
+    optimizer = engine.optimizer
+    return {
+        _ids_in_order(optimizer.round_robin_bit16_groups[i]): optimizer.bit16_groups_flat[i]
+        for i in groups
+        if i < len(optimizer.bit16_groups_flat)
+    }
+
+
+@contextlib.contextmanager
+def _reusing_bit16_buffers(buffers: dict[tuple[int, ...], torch.Tensor]) -> Iterator[None]:
+    """While ZeRO 1/2 build: flattening a group whose weights already live, in the same order, in a flat buffer laid
+    out as ZeRO lays it out returns that buffer instead of a copy of the whole group (on every rank: O(group), not
+    O(group / world))."""
+    if not buffers:
+        yield
+        return
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
+    original = DeepSpeedZeroOptimizer.flatten_dense_tensors_aligned
+
+    def flatten(
+        self: Any, tensor_list: Any, alignment: int, use_cpu_data: bool = False, param_padding: Any = None
+    ) -> Any:
+        buffer = None if use_cpu_data else buffers.pop(_ids_in_order(tensor_list), None)
+        numel = sum(t.numel() for t in tensor_list) + sum(param_padding or [])
+        if buffer is not None and buffer.numel() == -(-numel // alignment) * alignment:
+            return buffer
+        return original(self, tensor_list, alignment, use_cpu_data, param_padding)
+
+    DeepSpeedZeroOptimizer.flatten_dense_tensors_aligned = flatten  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        DeepSpeedZeroOptimizer.flatten_dense_tensors_aligned = original  # type: ignore[method-assign]
+        buffers.clear()
+
+
+def _ids_in_order(params: Sequence[torch.Tensor]) -> tuple[int, ...]:
+    return tuple(id(p) for p in params)
 
 
 def _restore(engine: Any, saved: list[_Saved]) -> None:
