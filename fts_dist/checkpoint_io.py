@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from lightning_fabric.utilities.cloud_io import get_filesystem
+from lightning_utilities.core.apply_func import apply_to_collection
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.strategies import Strategy
 from typing_extensions import override
@@ -149,7 +150,33 @@ def _fsync_directory(directory: Path) -> None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's torch checkpoint IO with atomic local writes; remote paths (``s3://`` ...) go the default way."""
+    """Lightning's torch checkpoint IO with atomic local writes and memory-mapped local reads; remote paths
+    (``s3://`` ...) go the default way.
+
+    A mapped read (``torch.load(mmap=True)``) leaves the weights (``state_dict``) in the page cache, shared by every
+    rank on a node, instead of a private copy per rank: a restore copies them from the mapping into the module. The
+    rest (optimizer state above all) is copied out of the mapping at once: an optimizer keeps the state tensors it is
+    given, and a tensor still mapped would fault (SIGBUS) the moment anyone truncated the file.
+    """
+
+    @override
+    def load_checkpoint(
+        self, path: Any, map_location: Any = lambda storage, loc: storage, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        if not isinstance(path, (str, os.PathLike)) or get_filesystem(path).protocol not in ("file", ("file", "local")):
+            return super().load_checkpoint(path, map_location, weights_only)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"Checkpoint file not found: {path}")
+        try:
+            checkpoint = torch.load(path, map_location=map_location, weights_only=weights_only, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):  # a file in torch's legacy format cannot be mapped: read it whole
+                raise
+            return super().load_checkpoint(path, map_location, weights_only)
+        return {
+            key: value if key == "state_dict" else apply_to_collection(value, torch.Tensor, torch.clone)
+            for key, value in checkpoint.items()
+        }
 
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:

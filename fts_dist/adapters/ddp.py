@@ -7,6 +7,7 @@ import weakref
 from collections.abc import Sequence
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.strategies import DDPStrategy
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.nn.parallel import DistributedDataParallel
@@ -24,11 +25,22 @@ class DDPAdapter(DistributedAdapter):
     parameter thawed later would never be all-reduced and the replicas would drift apart. After every change
     of the trainable set this adapter wraps the module anew through the strategy, with the strategy's own DDP
     options (bucket size, static graph, gradient-as-bucket-view, comm hooks) - so ``find_unused_parameters``
-    never has to stay on for the whole run. Wrapping broadcasts rank 0's parameters and buffers, which is why
-    the replica check runs before it: a divergence is reported, not silently overwritten.
+    never has to stay on for the whole run. A wrap broadcasts rank 0's parameters and buffers unless told not to:
+    a transition whose replica check has just proved the replicas equal re-wraps with ``init_sync=False`` (no
+    O(model) broadcast per transition); one without the check (``check_replicas=False``, a resume) keeps the sync.
+    The check runs before the wrap either way, so a divergence is reported, not silently overwritten.
     """
 
     serves = DDPStrategy
+
+    def __init__(self, strategy: pl.strategies.Strategy) -> None:
+        super().__init__(strategy)
+        self._replicas_verified = False  # the last transition's replica check passed: the next wrap needs no sync
+
+    @override
+    def check_replicas(self, module: torch.nn.Module, depth: int) -> None:
+        super().check_replicas(module, depth)
+        self._replicas_verified = self.comm.world_size > 1
 
     @override
     def setup_optimizer(self, trainer: pl.Trainer, phase0_params: Sequence[str]) -> None:
@@ -71,4 +83,12 @@ class DDPAdapter(DistributedAdapter):
         strategy.model = strategy.lightning_module
         if previous() is not None:  # kept alive by a reference cycle: its reducer's hooks and buckets must go now
             gc.collect()
-        strategy.configure_ddp()
+        verified, self._replicas_verified = self._replicas_verified, False
+        skip_sync = verified and "init_sync" not in strategy._ddp_kwargs  # a user's own setting wins
+        if skip_sync:
+            strategy._ddp_kwargs["init_sync"] = False
+        try:
+            strategy.configure_ddp()
+        finally:
+            if skip_sync:
+                del strategy._ddp_kwargs["init_sync"]

@@ -128,4 +128,5 @@ def test_ddp_options_survive_every_rewrap(tmp_path: Path) -> None:
     ddp = run.rank(0)["ddp"]
     assert (ddp["bucket_bytes_cap"], ddp["static_graph"], ddp["gradient_as_bucket_view"]) == (1024 * 1024, True, True)
     assert ddp["synced"] == sorted(run.rank(0)["final"])  # the final wrapper syncs every (now thawed) parameter
+    assert ddp["init_syncs"] == 1  # Lightning's first wrap broadcasts; re-wraps after a passed replica check do not
     assert_replicas_equal_every_epoch(run)

@@ -77,7 +77,18 @@ class PlantMismatch(pl.Callback):
 
 
 class RecordDDPWrapper(pl.Callback):
-    """At the end of training, before Lightning unwraps the model: which options and parameters DDP has."""
+    """At the end of training, before Lightning unwraps the model: which options and parameters DDP has, and how
+    many times a wrap broadcast the module's state from rank 0."""
+
+    def __init__(self) -> None:
+        self.init_syncs = 0
+        sync = torch.nn.parallel.distributed._sync_module_states
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.init_syncs += 1
+            return sync(*args, **kwargs)
+
+        torch.nn.parallel.distributed._sync_module_states = counted  # type: ignore[assignment]
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         wrapped = trainer.strategy.model
@@ -87,6 +98,7 @@ class RecordDDPWrapper(pl.Callback):
                 "static_graph": wrapped.static_graph,
                 "gradient_as_bucket_view": wrapped.gradient_as_bucket_view,
                 "synced": sorted(n.removeprefix("module.") for n, p in wrapped.named_parameters() if p.requires_grad),
+                "init_syncs": self.init_syncs,
             }
 
 

@@ -1,0 +1,181 @@
+"""One rank of a 3-phase run of a GPT-style stack, measuring what each phase transition costs this rank.
+
+Phase 0 trains the head, phase 1 the top half of the blocks, phase 2 the next quarter (AdamW, one epoch each).
+Around every transition (``StrategyAdapter.apply_plan``: restore, thaw, optimizer rebuild or extension, replica check,
+re-wrap) this rank records its wall time and the peak of its resident memory above what it held right before
+(VmHWM, reset through ``/proc/self/clear_refs``, after ``gc.collect`` and ``malloc_trim``). Transition 1 keeps the
+head's group; transition 2 keeps the head's and phase 1's. Writes OUT/scaling-rankR.json.
+
+The worker measures only through ``apply_plan``, which every version of fts_dist has, so the same script measures a
+checkout from before a change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import gc
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.strategies import DDPStrategy, ModelParallelStrategy
+from torch import nn
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from fts_dist import DeepSpeedStrategy, FinetuningScheduler, FSDPStrategy, FTSCheckpoint
+from fts_dist.adapters import StrategyAdapter
+
+SEQUENCE, BATCH, CLASSES = 8, 4, 8
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block: 12 x width^2 weights."""
+
+    def __init__(self, width: int, heads: int = 4) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm1(x)
+        x = x + self.attention(y, y, y, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+class Stack(pl.LightningModule):
+    def __init__(self, width: int, depth: int, shard: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.blocks = nn.ModuleList(Block(width) for _ in range(depth))
+        self.head = nn.Linear(width, CLASSES)
+        self.shard = shard
+
+    def configure_model(self) -> None:
+        if self.shard and not any(isinstance(m, FSDPModule) for m in self.modules()):
+            for block in self.blocks:
+                fully_shard(block)
+            fully_shard(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x.mean(dim=1))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self(x), y), sync_dist=True)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=1e-4)
+
+
+def schedule(depth: int) -> dict[int, dict[str, Any]]:
+    half, quarter = depth // 2, max(depth // 4, 1)
+    return {
+        0: {"params": ["head.*"], "max_transition_epoch": 1},
+        1: {"params": [rf"blocks\.{i}\..*" for i in range(depth - half, depth)], "max_transition_epoch": 2},
+        2: {"params": [rf"blocks\.{i}\..*" for i in range(depth - half - quarter, depth - half)], "max_transition_epoch": 3},
+    }
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith(field)).split()[1]) * 1024
+
+
+def _settle() -> None:
+    gc.collect()
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def measure_transitions(records: list[dict[str, Any]]) -> None:
+    """Wrap every adapter's ``apply_plan``: time and extra peak resident memory of each transition on this rank."""
+    apply_plan = StrategyAdapter.apply_plan
+
+    def measured(self: StrategyAdapter, plan: Any, trainer: pl.Trainer, check_replicas: bool = False) -> None:
+        module = trainer.lightning_module
+        kept = sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters() if p.requires_grad)
+        _settle()
+        Path("/proc/self/clear_refs").write_text("5")
+        before, started = _status("VmRSS:"), time.perf_counter()
+        apply_plan(self, plan, trainer, check_replicas)
+        seconds, peak = time.perf_counter() - started, _status("VmHWM:")
+        records.append({"depth": plan.depth, "seconds": seconds, "extra_peak": peak - before, "kept": kept})
+
+    StrategyAdapter.apply_plan = measured  # type: ignore[method-assign]
+
+
+def strategy_for(name: str, stage: int) -> pl.strategies.Strategy:
+    if name == "ddp":
+        return DDPStrategy(process_group_backend="gloo")
+    if name == "fsdp2":
+        return ModelParallelStrategy(data_parallel_size=int(os.environ.get("WORLD_SIZE", 1)), tensor_parallel_size=1)
+    if name == "fsdp1":
+        return FSDPStrategy(auto_wrap_policy={Block}, process_group_backend="gloo")
+    config = {"zero_optimization": {"stage": stage}, "train_micro_batch_size_per_gpu": BATCH}
+    return DeepSpeedStrategy(config=config, process_group_backend="gloo")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--strategy", choices=["single", "ddp", "fsdp2", "fsdp1", "deepspeed"], required=True)
+    parser.add_argument("--zero-stage", type=int, default=2)
+    parser.add_argument("--width", type=int, required=True)
+    parser.add_argument("--depth", type=int, required=True)
+    parser.add_argument("--restore", action="store_true", help="restore the best checkpoint at each transition")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    out = Path(args.out)
+    torch.set_num_threads(1)
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    records: list[dict[str, Any]] = []
+    measure_transitions(records)
+    generator = torch.Generator().manual_seed(1)
+    samples = 4 * BATCH * world
+    data = TensorDataset(
+        torch.randn(samples, SEQUENCE, args.width, generator=generator),
+        torch.randint(0, CLASSES, (samples,), generator=generator),
+    )
+    callbacks: list[pl.Callback] = [
+        FinetuningScheduler(ft_schedule=schedule(args.depth), epoch_transitions_only=True, restore_best=args.restore)
+    ]
+    callbacks.append(FTSCheckpoint(monitor="val_loss", dirpath=out / "checkpoints"))
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=world,
+        strategy="auto" if args.strategy == "single" else strategy_for(args.strategy, args.zero_stage),
+        max_epochs=3,
+        use_distributed_sampler=False,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        default_root_dir=out,
+    )
+    loader = DataLoader(data, batch_size=BATCH, sampler=DistributedSampler(data, world, rank, shuffle=False))
+    model = Stack(args.width, args.depth, shard=args.strategy == "fsdp2")
+    total = sum(p.numel() for p in model.parameters())
+    trainer.fit(model, loader, DataLoader(data, batch_size=samples))
+    result = {"world": world, "params": total, "transitions": records}
+    (out / f"scaling-rank{trainer.global_rank}.json").write_text(json.dumps(result))
+    if world > 1:
+        from benchmarks.workers.demo_phases import finish_distributed_worker
+
+        finish_distributed_worker()
+
+
+if __name__ == "__main__":
+    main()
