@@ -126,7 +126,7 @@ def define_module(pl: ModuleType) -> type:
             loss = nn.functional.cross_entropy(self(x), y)
             if self.scripted_val_loss is not None:
                 epoch = min(self.current_epoch, len(self.scripted_val_loss) - 1)
-                loss = torch.tensor(self.scripted_val_loss[epoch])
+                loss = torch.tensor(self.scripted_val_loss[epoch], device=self.device)  # NCCL reduces no CPU tensor
             self.log("val_loss", loss, sync_dist=True)
 
         def configure_optimizers(self) -> Any:

@@ -4,7 +4,9 @@ Phase 0 trains the head, phase 1 the top half of the blocks, phase 2 the next qu
 Around every transition (``StrategyAdapter.apply_plan``: restore, thaw, optimizer rebuild or extension, replica check,
 re-wrap) this rank records its wall time and the peak of its resident memory above what it held right before
 (VmHWM, reset through ``/proc/self/clear_refs``, after ``gc.collect`` and ``malloc_trim``). Transition 1 keeps the
-head's group; transition 2 keeps the head's and phase 1's. Writes OUT/scaling-rankR.json.
+head's group; transition 2 keeps the head's and phase 1's. On a GPU (``--accelerator cuda``) it also records
+``torch.cuda.max_memory_allocated`` above ``torch.cuda.memory_allocated`` before each transition. Writes
+OUT/scaling-rankR.json.
 
 The worker measures only through ``apply_plan``, which every version of fts_dist has, so the same script measures a
 checkout from before a change.
@@ -86,7 +88,10 @@ def schedule(depth: int) -> dict[int, dict[str, Any]]:
     return {
         0: {"params": ["head.*"], "max_transition_epoch": 1},
         1: {"params": [rf"blocks\.{i}\..*" for i in range(depth - half, depth)], "max_transition_epoch": 2},
-        2: {"params": [rf"blocks\.{i}\..*" for i in range(depth - half - quarter, depth - half)], "max_transition_epoch": 3},
+        2: {
+            "params": [rf"blocks\.{i}\..*" for i in range(depth - half - quarter, depth - half)],
+            "max_transition_epoch": 3,
+        },
     }
 
 
@@ -109,24 +114,38 @@ def measure_transitions(records: list[dict[str, Any]]) -> None:
         module = trainer.lightning_module
         kept = sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters() if p.requires_grad)
         _settle()
+        cuda = torch.cuda.is_available() and trainer.strategy.root_device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            cuda_before = torch.cuda.memory_allocated()
         Path("/proc/self/clear_refs").write_text("5")
         before, started = _status("VmRSS:"), time.perf_counter()
         apply_plan(self, plan, trainer, check_replicas)
+        if cuda:
+            torch.cuda.synchronize()
         seconds, peak = time.perf_counter() - started, _status("VmHWM:")
-        records.append({"depth": plan.depth, "seconds": seconds, "extra_peak": peak - before, "kept": kept})
+        record = {"depth": plan.depth, "seconds": seconds, "extra_peak": peak - before, "kept": kept}
+        if cuda:
+            record["cuda_before"] = cuda_before
+            record["cuda_extra_peak"] = torch.cuda.max_memory_allocated() - cuda_before
+            record["cuda_after"] = torch.cuda.memory_allocated()
+        records.append(record)
 
     StrategyAdapter.apply_plan = measured  # type: ignore[method-assign]
 
 
 def strategy_for(name: str, stage: int) -> pl.strategies.Strategy:
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
     if name == "ddp":
-        return DDPStrategy(process_group_backend="gloo")
+        return DDPStrategy(process_group_backend=backend)
     if name == "fsdp2":
-        return ModelParallelStrategy(data_parallel_size=int(os.environ.get("WORLD_SIZE", 1)), tensor_parallel_size=1)
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        return ModelParallelStrategy(data_parallel_size=world, tensor_parallel_size=1)
     if name == "fsdp1":
-        return FSDPStrategy(auto_wrap_policy={Block}, process_group_backend="gloo")
+        return FSDPStrategy(auto_wrap_policy={Block}, process_group_backend=backend)
     config = {"zero_optimization": {"stage": stage}, "train_micro_batch_size_per_gpu": BATCH}
-    return DeepSpeedStrategy(config=config, process_group_backend="gloo")
+    return DeepSpeedStrategy(config=config, process_group_backend=backend)
 
 
 def main() -> None:
@@ -136,6 +155,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, required=True)
     parser.add_argument("--depth", type=int, required=True)
     parser.add_argument("--restore", action="store_true", help="restore the best checkpoint at each transition")
+    parser.add_argument("--accelerator", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--precision", default="32-true", help="e.g. bf16-mixed (on a GPU)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     out = Path(args.out)
@@ -154,8 +175,9 @@ def main() -> None:
     ]
     callbacks.append(FTSCheckpoint(monitor="val_loss", dirpath=out / "checkpoints"))
     trainer = pl.Trainer(
-        accelerator="cpu",
+        accelerator=args.accelerator,
         devices=world,
+        precision=args.precision,
         strategy="auto" if args.strategy == "single" else strategy_for(args.strategy, args.zero_stage),
         max_epochs=3,
         use_distributed_sampler=False,

@@ -38,7 +38,7 @@ def refreeze_reference(tmp_path_factory: pytest.TempPathFactory) -> Run:
 
 def max_abs_diff(a: dict, b: dict) -> float:
     assert a.keys() == b.keys()
-    return max(float((a[k] - b[k]).abs().max()) for k in a)
+    return max(float((a[k].cpu() - b[k].cpu()).abs().max()) for k in a)  # a CUDA run against a CPU reference
 
 
 def assert_matches(run: Run, reference: dict, depths: list[int]) -> None:

@@ -1,6 +1,7 @@
 """One rank of an 8-phase DeepSpeed run (a head, then one of 7 layers per phase, AdamW): after every transition,
 this rank's resident memory (after ``gc.collect`` and ``malloc_trim``) and the bytes of fp32 masters and optimizer
-state it holds. Writes OUT/memory-rank{r}.json."""
+state it holds; at every rebuild of the ZeRO optimizer, the bytes it copied to the host and the bytes it handed to
+the new optimizer by reference. Writes OUT/memory-rank{r}.json."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from fts_dist import DeepSpeedStrategy, FinetuningScheduler, FTSCheckpoint
+from fts_dist.adapters.deepspeed import engine as zero_engine
 from fts_dist.adapters.deepspeed.engine import state_bytes, trim_host_memory
 from tests.worker_exit import finish_worker
 
@@ -65,6 +67,26 @@ class MemoryMeter(pl.Callback):
         self.state.append({"bytes": state_bytes(trainer.strategy.model), "trainable": trainable})
 
 
+def count_rebuild_bytes(rebuilds: list[dict[str, int]]) -> None:
+    """Record, for every rebuild, the bytes of the host snapshot and of the partitions and state handed over."""
+    snapshot, hand_over = zero_engine._snapshot, zero_engine._hand_over_partitions
+
+    def tensor_bytes(values: Any) -> int:
+        return sum(v.nbytes for v in values if torch.is_tensor(v) and v.dim() > 0)
+
+    def counted_snapshot(*args: Any, **kwargs: Any) -> Any:
+        saved = snapshot(*args, **kwargs)
+        rebuilds.append({"host": sum(tensor_bytes(t.values()) for g in saved for _, t in g.params), "handed": 0})
+        return saved
+
+    def counted_hand_over(*args: Any, **kwargs: Any) -> Any:
+        handed = hand_over(*args, **kwargs)
+        rebuilds[-1]["handed"] = sum(f.nbytes + tensor_bytes(s.values()) for h in handed for f, s in h.partitions)
+        return handed
+
+    zero_engine._snapshot, zero_engine._hand_over_partitions = counted_snapshot, counted_hand_over
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -79,6 +101,8 @@ def main() -> None:
     generator = torch.Generator().manual_seed(1)
     data = TensorDataset(torch.randn(64, WIDTH, generator=generator), torch.randint(0, 5, (64,), generator=generator))
     meter = MemoryMeter()
+    rebuilds: list[dict[str, int]] = []
+    count_rebuild_bytes(rebuilds)
     config = {"zero_optimization": {"stage": args.stage}, "train_micro_batch_size_per_gpu": 8}
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -98,7 +122,7 @@ def main() -> None:
     )
     loader = DataLoader(data, batch_size=8, sampler=DistributedSampler(data, world, rank, shuffle=False))
     trainer.fit(Tower(), loader, DataLoader(data, batch_size=64))
-    result = {"world": world, "rss": meter.rss, "state": meter.state}
+    result = {"world": world, "rss": meter.rss, "state": meter.state, "rebuilds": rebuilds}
     (out / f"memory-rank{trainer.global_rank}.json").write_text(json.dumps(result))
     finish_worker()
 
