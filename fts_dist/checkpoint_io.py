@@ -163,7 +163,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(
         self, path: Any, map_location: Any = lambda storage, loc: storage, weights_only: bool | None = None
     ) -> dict[str, Any]:
-        if not isinstance(path, (str, os.PathLike)) or get_filesystem(path).protocol not in ("file", ("file", "local")):
+        if not isinstance(path, (str, Path)) or get_filesystem(path).protocol not in ("file", ("file", "local")):
             return super().load_checkpoint(path, map_location, weights_only)
         if not Path(path).is_file():
             raise FileNotFoundError(f"Checkpoint file not found: {path}")

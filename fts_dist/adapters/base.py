@@ -1,12 +1,12 @@
 """The strategy adapter interface, implemented for one process; other families override its seams.
 
 .. warning:: The seams are an experimental extension point: their names and arguments may change while the sharded
-   and DeepSpeed adapters settle. :meth:`StrategyAdapter.apply_plan`, the order of a transition, is not a seam.
+   and DeepSpeed adapters settle. :meth:`StrategyAdapter.apply_plan`, the order of a transition, is not a seam: it
+   lives in :mod:`fts_dist.adapters.transition`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, final
@@ -16,39 +16,29 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from typing_extensions import override
 
+from fts_dist.adapters import transition
 from fts_dist.adapters.replicas import ReplicaView, replica_problems, replica_view
 from fts_dist.adapters.strategy_hooks import lightning_method, wrap_lightning_method
+from fts_dist.adapters.transition import CheckpointRestoreError, ReplicaMismatchError
 from fts_dist.checkpoint_io import install_atomic_checkpoint_io
 from fts_dist.coordinator import Comm, LocalComm, PhasePlan
 from fts_dist.errors import FTSConfigError
 from fts_dist.log import rank_zero_info
 from fts_dist.optim.param_groups import (
-    GroupSettings,
     PhaseGroup,
     add_param_group,
     check_lr_scheduler_supported,
     lr_schedulers,
-    scale_learning_rates,
     truncate_param_groups,
 )
 from fts_dist.optim.reinit import (
     OptimizerFactory,
-    build_lr_scheduler,
-    build_optimizer,
-    check_lr_schedulers_bound,
     configured_optimizer_factory,
-    reapply_learning_rates,
     rebind_lr_schedulers,
 )
 from fts_dist.schedule import Schedule
 
-
-class CheckpointRestoreError(RuntimeError):
-    """The checkpoint chosen for a phase transition could not be read or applied; names the file."""
-
-
-class ReplicaMismatchError(RuntimeError):
-    """Ranks disagree on the trainable set or the weights after a transition; names the parameters."""
+__all__ = ["CheckpointRestoreError", "ReplicaMismatchError", "StrategyAdapter"]
 
 
 class StrategyAdapter:
@@ -90,9 +80,9 @@ class StrategyAdapter:
     def __init__(self, strategy: pl.strategies.Strategy) -> None:
         self.strategy = strategy
         self._phase0_groups: int | None = None
-        self._configured_optimizer: OptimizerFactory | None = None  # rebuilds configure_optimizers' optimizer
-        self._optimizer_phase = 0  # the phase whose optimizer is installed (0: configure_optimizers')
-        self._lr_scheduler_phase = 0  # the phase whose LR scheduler runs (0: configure_optimizers')
+        self.configured_optimizer: OptimizerFactory | None = None  # rebuilds configure_optimizers' optimizer
+        self.optimizer_phase = 0  # the phase whose optimizer is installed (0: configure_optimizers')
+        self.lr_scheduler_phase = 0  # the phase whose LR scheduler runs (0: configure_optimizers')
         self.apply_lambdas_new_pgs = False  # set by the callback: new groups start at lr x the scheduler's lambda
         self.enforce_phase0_params = True  # set by the callback: regroup an optimizer that holds more than phase 0
         self._load_strategy_checkpoint = lightning_method(strategy, "load_checkpoint")  # never intercepted
@@ -269,7 +259,7 @@ class StrategyAdapter:
                 "does not hold them, so they will not train in phase 0."
             )
         self._phase0_groups = len(trainer.optimizers[0].param_groups)
-        self._configured_optimizer = configured_optimizer_factory(self.scheduled_optimizer(trainer))
+        self.configured_optimizer = configured_optimizer_factory(self.scheduled_optimizer(trainer))
 
     def group_count(self, depth: int) -> int:
         """Optimizer groups at ``depth``: phase 0's from ``configure_optimizers``, then one per phase."""
@@ -282,130 +272,9 @@ class StrategyAdapter:
     def apply_plan(self, plan: PhasePlan, trainer: pl.Trainer, check_replicas: bool = False) -> None:
         """Bring this rank to ``plan.depth``: restore, thaw, extend (or replace) the optimizer, check, re-register.
 
-        Groups restored with the checkpoint keep the checkpoint's optimizer state; every group of an earlier phase
-        keeps the settings it had before the transition (restoring weights rewinds neither the LR schedule nor any
-        hyperparameter); each new phase's group starts at its scheduled learning rate with fresh state. Seams may
-        replace the optimizer (an engine rebuilds its own), so it is looked up again after each.
-
-        A phase with ``new_optimizer`` replaces the optimizer: phase 0's groups (same members, the new optimizer's
-        settings) and one per later phase, with fresh state; the earlier groups keep their learning rates and the LR
-        schedulers keep their state (finetuning-scheduler's rule). A checkpoint restores into the kind of optimizer
-        that wrote it; when that is not the kind the phase trains with, only its weights carry over. A phase with
-        ``new_lr_scheduler`` replaces the LR scheduler once its group is added.
+        The order is written once, in :func:`fts_dist.adapters.transition.apply_plan`; it calls this adapter's seams.
         """
-        before = GroupSettings.capture(trainer.optimizers[0], lr_schedulers(trainer))
-        held = len(before.groups) - self.group_count(0)  # the depth the optimizer holds groups for
-        if plan.restore is not None:
-            saved_optimizer_phase = plan.optimizer_phase(plan.restore.depth)
-            if saved_optimizer_phase != self._optimizer_phase:  # the checkpoint's state loads into its own kind
-                self._replace_optimizer(plan, trainer, saved_optimizer_phase, held)
-            self._restore(plan, trainer)
-        self.thaw(trainer.lightning_module, plan.trainable)
-        self._add_phase_groups(plan, trainer, held)  # what a restore dropped
-        optimizer_phase = plan.optimizer_phase(plan.depth)
-        if optimizer_phase != self._optimizer_phase:
-            self._replace_optimizer(plan, trainer, optimizer_phase, held)
-            reapply_learning_rates(before, trainer.optimizers[0], lr_schedulers(trainer))
-            if plan.restore is not None:
-                self._say_optimizer_state_dropped(plan, trainer)
-        elif plan.restore is not None:
-            before.reapply(trainer.optimizers[0], lr_schedulers(trainer))
-        scheduler_phase = plan.lr_scheduler_phase(plan.depth)
-        if scheduler_phase != self._lr_scheduler_phase:  # built over the groups its phase had (a resume skips ahead)
-            self._add_phase_groups(plan, trainer, max(held, scheduler_phase))
-            self._replace_lr_scheduler(plan, trainer, scheduler_phase)
-        self._add_phase_groups(plan, trainer, plan.depth)
-        _check_group_count(trainer.optimizers[0], self.group_count(plan.depth))
-        check_lr_schedulers_bound(self.scheduled_optimizer(trainer), lr_schedulers(trainer))
-        if check_replicas:
-            self.check_replicas(trainer.lightning_module, plan.depth)
-        self.on_trainable_changed(trainer)
-
-    def _replace_optimizer(self, plan: PhasePlan, trainer: pl.Trainer, phase: int, depth: int) -> None:
-        """Install phase ``phase``'s optimizer (0: ``configure_optimizers``') with fresh state and the groups of
-        phases 0..``depth``: phase 0's members as they are, each later phase's at its scheduled learning rate."""
-        spec = plan.phase_optimizers[phase] if phase else None
-        if spec is not None:
-            make: OptimizerFactory = lambda groups: build_optimizer(spec, groups, phase)  # noqa: E731
-        elif self._configured_optimizer is not None:
-            make = self._configured_optimizer
-        else:
-            raise RuntimeError("setup_optimizer() must run before phase plans are applied")
-        live = self.schedule_parameters(trainer.lightning_module)
-        phases = plan.trainable_phases(depth)
-        groups: list[dict[str, Any]] = [
-            {"params": list(params)} for params in self.optimizer_parameters(trainer)[: self.group_count(0)]
-        ]
-        groups += [
-            {"params": [live[name] for name in phases[d]], "lr": self._phase_lr(plan, d, depth)}
-            for d in range(1, depth + 1)
-        ]
-        self.install_optimizer(trainer, make, groups)
-        self._optimizer_phase = phase
-
-    def _replace_lr_scheduler(self, plan: PhasePlan, trainer: pl.Trainer, phase: int) -> None:
-        """Build phase ``phase``'s ``new_lr_scheduler`` over the optimizer as it is."""
-        spec = plan.phase_lr_schedulers[phase]
-        assert spec is not None
-        self.strategy.lr_scheduler_configs = [build_lr_scheduler(spec, self.scheduled_optimizer(trainer), phase)]
-        self._lr_scheduler_phase = phase
-
-    def _say_optimizer_state_dropped(self, plan: PhasePlan, trainer: pl.Trainer) -> None:
-        assert plan.restore is not None
-        phase = self._optimizer_phase
-        rank_zero_info(
-            f"fts_dist: phase {plan.depth} trains with {type(self.scheduled_optimizer(trainer)).__name__} "
-            + (f"(phase {phase}'s `new_optimizer`)" if phase else "(from `configure_optimizers`)")
-            + f": the weights of '{plan.restore.path}' (phase {plan.restore.depth}) are restored, but not its "
-            "optimizer state, which belongs to another optimizer; the optimizer starts fresh."
-        )
-
-    def _restore(self, plan: PhasePlan, trainer: pl.Trainer) -> None:
-        """Collective: every rank loads, then all agree: a failure on any rank is raised on every rank."""
-        assert plan.restore is not None
-        self.comm.barrier()  # the writer finished before anyone reads
-        failure = None
-        try:
-            self.load_checkpoint_state(plan.restore.path, plan.trainable_phases(plan.restore.depth), trainer)
-        except Exception as err:
-            failure = f"{type(err).__name__}: {err}"
-        failed = [(rank, message) for rank, message in enumerate(self.comm.all_gather(failure)) if message]
-        if failed:
-            rank, message = failed[0]
-            raise CheckpointRestoreError(
-                f"Cannot restore the best checkpoint '{plan.restore.path}' at a phase transition (rank {rank}: "
-                f"{message}). The checkpoint is left as it is; resume from the last checkpoint, or set "
-                "`restore_best=False`."
-            )
-
-    def _add_phase_groups(self, plan: PhasePlan, trainer: pl.Trainer, depth: int) -> None:
-        """Extend the optimizer with the groups of the phases after the ones it holds, up to ``depth``.
-
-        Each phase entered scales the learning rates of the groups before its own by its ``scale_lrs``: the groups
-        held already by the product of all the entered phases' factors, each new group by those of the phases after
-        it.
-        """
-        held = len(trainer.optimizers[0].param_groups) - self.group_count(0)
-        entering = range(held + 1, depth + 1)
-        if not entering:
-            return
-        live = self.schedule_parameters(trainer.lightning_module)
-        groups = [
-            PhaseGroup(
-                plan.phase_params[d], tuple(live[name] for name in plan.phase_params[d]), self._phase_lr(plan, d, depth)
-            )
-            for d in entering
-        ]
-        scale_learning_rates(
-            trainer.optimizers[0], math.prod(plan.lr_scale(d) for d in entering), lr_schedulers(trainer)
-        )
-        self.extend_optimizer(trainer, groups)
-
-    @staticmethod
-    def _phase_lr(plan: PhasePlan, phase: int, depth: int) -> float:
-        """Phase ``phase``'s group learning rate at ``depth``: its scheduled rate, scaled by the later phases'
-        ``scale_lrs`` up to ``depth``."""
-        return plan.phase_lrs[phase] * math.prod(plan.lr_scale(later) for later in range(phase + 1, depth + 1))
+        transition.apply_plan(self, plan, trainer, check_replicas)
 
     def check_replicas(self, module: torch.nn.Module, depth: int) -> None:
         """Collective: compare every rank's :meth:`replica_view`; raise on every rank if they disagree."""
@@ -417,11 +286,3 @@ class StrategyAdapter:
                 f"Replicas diverged at phase {depth}: " + "; ".join(problems) + ". Every rank must apply the same "
                 "plan to the same weights; check for rank-dependent code in the module or data."
             )
-
-
-def _check_group_count(optimizer: torch.optim.Optimizer, expected: int) -> None:
-    if len(optimizer.param_groups) != expected:
-        raise RuntimeError(
-            f"fts_dist: the optimizer has {len(optimizer.param_groups)} parameter groups after the transition, "
-            f"expected {expected}: an adapter seam added or dropped groups."
-        )

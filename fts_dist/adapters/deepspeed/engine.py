@@ -283,11 +283,11 @@ def _reusing_bit16_buffers(buffers: dict[tuple[int, ...], torch.Tensor]) -> Iter
             return buffer
         return original(self, tensor_list, alignment, use_cpu_data, param_padding)
 
-    DeepSpeedZeroOptimizer.flatten_dense_tensors_aligned = flatten  # type: ignore[method-assign]
+    DeepSpeedZeroOptimizer.flatten_dense_tensors_aligned = flatten
     try:
         yield
     finally:
-        DeepSpeedZeroOptimizer.flatten_dense_tensors_aligned = original  # type: ignore[method-assign]
+        DeepSpeedZeroOptimizer.flatten_dense_tensors_aligned = original
         buffers.clear()
 
 
