@@ -25,6 +25,7 @@ from benchmarks import (
     phase_costs,
     sharded_costs,
     time_to_accuracy,
+    transition_scaling,
 )
 from benchmarks.common import Section
 
@@ -35,6 +36,7 @@ SECTIONS = {
     "sharded": sharded_costs,
     "deepspeed": deepspeed_costs,
     "batchnorm": frozen_batchnorm,
+    "scaling": transition_scaling,
 }
 PREFACE = (
     "Written by `python -m benchmarks.run --markdown BENCHMARKS.md` (after `pip install -e '.[bench]'`); "

@@ -173,7 +173,8 @@ def main() -> None:
     callbacks: list[pl.Callback] = [
         FinetuningScheduler(ft_schedule=schedule(args.depth), epoch_transitions_only=True, restore_best=args.restore)
     ]
-    callbacks.append(FTSCheckpoint(monitor="val_loss", dirpath=out / "checkpoints"))
+    # without restores, no checkpoint file: writing one each epoch would dominate the run
+    callbacks.append(FTSCheckpoint(monitor="val_loss", dirpath=out / "checkpoints", save_top_k=1 if args.restore else 0))
     trainer = pl.Trainer(
         accelerator=args.accelerator,
         devices=world,

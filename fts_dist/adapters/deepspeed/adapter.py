@@ -28,6 +28,7 @@ from typing_extensions import override
 
 from fts_dist.adapters.deepspeed.engine import (
     group_parameters,
+    mapping_model_states,
     rebuild_zero_optimizer,
     relink_after_load,
     zero_stage,
@@ -177,7 +178,8 @@ class DeepSpeedAdapter(DistributedAdapter):
             self._rebuild(trainer, [{"params": params} for params in saved])
             del self.group_members[groups:]
             truncate_schedulers(lr_schedulers(trainer), groups)
-        self._load_strategy_checkpoint(path)  # the engine loads weights and its partitions' optimizer state
+        with mapping_model_states(self._engine()):  # the engine loads weights and its partitions' optimizer state
+            self._load_strategy_checkpoint(path)
         relink_after_load(self._engine())
 
     @override
