@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -100,13 +101,24 @@ class FSDP2Adapter(ShardedAdapter):
             dcp.load({"state_dict": weights, "optimizer_0": optimizer_state}, checkpoint_id=path)
         except CheckpointException as err:  # a BaseException: make it an ordinary error the transition reports
             raise RuntimeError(str(err)) from err
-        set_optimizer_state_dict(model, optimizer, optim_state_dict=optimizer_state)
+        if not _loaded_in_place(optimizer_state, optimizer):  # else the load wrote into the optimizer's own state
+            set_optimizer_state_dict(model, optimizer, optim_state_dict=optimizer_state)
 
     @override
     def thaw(self, module: torch.nn.Module, trainable: object) -> None:
         _reshard(module)  # a frozen root keeps its unsharded tensors after forward: thaw the sharded DTensors
         super().thaw(module, trainable)  # type: ignore[arg-type]
         _refresh_mixed_precision_dtypes(module)
+
+
+def _loaded_in_place(optimizer_state: dict[str, Any], optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every state tensor of ``optimizer_state`` (``get_optimizer_state_dict``'s, loaded by DCP) is one of the
+    optimizer's own: DCP then loaded into the live state, and a ``set_optimizer_state_dict`` would only copy it onto
+    itself (its group settings the transition sets back anyway). Scalars (``step`` as a float) would be replaced, not
+    loaded in place, so they require the copy."""
+    live = {id(value) for state in optimizer.state.values() for value in state.values()}
+    loaded = [value for state in optimizer_state.get("state", {}).values() for value in state.values()]
+    return bool(loaded) and all(torch.is_tensor(value) and id(value) in live for value in loaded)
 
 
 def _fsdp_modules(module: torch.nn.Module) -> list[FSDPModule]:
