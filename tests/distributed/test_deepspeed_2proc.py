@@ -120,4 +120,6 @@ def test_seven_transitions_keep_memory_flat_and_frozen_parameters_hold_no_state(
         assert len(rebuilds) == 7 and all(rebuild["host"] == 0 for rebuild in rebuilds)
         held = [state["bytes"] for state in result["state"]]
         assert [r["handed"] for r in rebuilds] == held[:7]
+        # each transition restores the best checkpoint: the whole-model file mapped, this rank's partitions read
+        assert result["reads"].get("model mapped", 0) >= 7 and "model read" not in result["reads"]
     assert "phase 7 of 7 begins at epoch 7" in proc.stdout + proc.stderr

@@ -87,6 +87,20 @@ def count_rebuild_bytes(rebuilds: list[dict[str, int]]) -> None:
     zero_engine._snapshot, zero_engine._hand_over_partitions = counted_snapshot, counted_hand_over
 
 
+def count_checkpoint_reads(reads: dict[str, int]) -> None:
+    """Count the checkpoint files this rank read whole into its memory and the ones it mapped, by kind."""
+    load = torch.load
+
+    def counted(path: Any, *args: Any, **kwargs: Any) -> Any:
+        kind = "model" if str(path).endswith("model_states.pt") else "optimizer" if "optim_states" in str(path) else ""
+        if kind:
+            key = f"{kind} {'mapped' if kwargs.get('mmap') else 'read'}"
+            reads[key] = reads.get(key, 0) + 1
+        return load(path, *args, **kwargs)
+
+    torch.load = counted
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -103,6 +117,8 @@ def main() -> None:
     meter = MemoryMeter()
     rebuilds: list[dict[str, int]] = []
     count_rebuild_bytes(rebuilds)
+    reads: dict[str, int] = {}
+    count_checkpoint_reads(reads)
     config = {"zero_optimization": {"stage": args.stage}, "train_micro_batch_size_per_gpu": 8}
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -122,7 +138,7 @@ def main() -> None:
     )
     loader = DataLoader(data, batch_size=8, sampler=DistributedSampler(data, world, rank, shuffle=False))
     trainer.fit(Tower(), loader, DataLoader(data, batch_size=64))
-    result = {"world": world, "rss": meter.rss, "state": meter.state, "rebuilds": rebuilds}
+    result = {"world": world, "rss": meter.rss, "state": meter.state, "rebuilds": rebuilds, "reads": reads}
     (out / f"memory-rank{trainer.global_rank}.json").write_text(json.dumps(result))
     finish_worker()
 
