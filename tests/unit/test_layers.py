@@ -55,3 +55,21 @@ def test_imports_point_downward_only() -> None:
             if LAYERS[part_of(target)] > LAYERS[own]:
                 upward.append(f"{path.relative_to(PACKAGE.parent)} imports {target}")
     assert not upward, upward
+
+
+STRATEGY_INTERNALS = ("deepspeed", "torch.distributed.fsdp", "torch.nn.parallel", "pytorch_lightning.strategies")
+
+
+def test_the_optimizer_surgery_and_the_pure_layers_know_no_strategy() -> None:
+    """``fts_dist/optim`` works on a bare torch optimizer, and schedule and coordinator are pure: none of them imports
+    a strategy's internals (those belong to ``fts_dist/adapters``, one folder per family)."""
+    found = []
+    for part in ("optim", "schedule", "coordinator"):
+        for path in (PACKAGE / part).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                names += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+                found += [
+                    f"{path.relative_to(PACKAGE.parent)} imports {n}" for n in names if n.startswith(STRATEGY_INTERNALS)
+                ]
+    assert not found, found
