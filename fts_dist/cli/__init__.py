@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from fts_dist._version import __version__
 from fts_dist.cli.demo_cmd import add_demo_parser, run_demo_command
@@ -53,12 +54,33 @@ def _build_parser() -> argparse.ArgumentParser:
             action.add_argument("--strategy", help="a Lightning strategy name (ddp, fsdp, deepspeed, ...) to check")
         else:
             action.add_argument("--plot", help="also draw the phase timeline to this PNG file")
+    _add_plan_parser(actions)
     return parser
+
+
+def _add_plan_parser(actions: Any) -> None:
+    plan = actions.add_parser("plan", help="bytes per rank of every phase, planned on the meta device")
+    plan.add_argument("schedule", help="the schedule YAML file")
+    plan.add_argument("--model", required=True, help="the LightningModule (or nn.Module) as package.module:Class")
+    plan.add_argument("--init-args", help="its constructor arguments as a JSON object")
+    plan.add_argument("--strategy", required=True, choices=["ddp", "fsdp2", "fsdp1", "deepspeed"])
+    plan.add_argument("--zero-stage", type=int, choices=[1, 2, 3], help="with --strategy deepspeed")
+    plan.add_argument("--offload", action="store_true", help="ZeRO optimizer offload to host memory")
+    plan.add_argument("--world-size", type=int, required=True)
+    plan.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "bf16-true"])
+    plan.add_argument("--optimizer", default="adamw", choices=["adamw", "adam", "sgd"])
+    plan.add_argument("--units", help="comma-separated module classes FSDP wraps (default: the repeated blocks)")
+    plan.add_argument("--budget", help="memory per rank, e.g. 80GiB: name the binding phase and its headroom")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
 def _run_schedule_command(args: argparse.Namespace) -> int:
     from fts_dist.cli import schedule_cmds
 
+    if args.action == "plan":
+        plan = schedule_cmds.plan(args)
+        print(plan.to_json() if args.json else plan.describe())
+        return 0 if plan.budget is None or plan.fits(plan.binding.phase) else 2
     if args.action == "gen":
         options = dict(
             blocks_per_phase=args.blocks_per_phase,

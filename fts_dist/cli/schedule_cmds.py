@@ -1,4 +1,4 @@
-"""``fts-dist schedule gen | validate | show``: schedule files checked and explained without training."""
+"""``fts-dist schedule gen | validate | show | plan``: schedule files checked and explained without training."""
 
 from __future__ import annotations
 
@@ -10,6 +10,19 @@ from fts_dist.cli.objects import build_model
 from fts_dist.errors import FTSConfigError
 from fts_dist.gen import gen_block_schedule, gen_ft_schedule
 from fts_dist.schedule import Schedule, load_schedule
+
+
+def plan(args: Any) -> Any:
+    """``fts-dist schedule plan``: the model built on the meta device, then :func:`fts_dist.memory.plan_memory`."""
+    from fts_dist.memory import meta_device, plan_memory  # imports torch
+
+    with meta_device():
+        model = build_model(args.model, args.init_args)
+    units = [u for u in (args.units or "").split(",") if u]
+    return plan_memory(
+        args.schedule, model, args.strategy, args.world_size, zero_stage=args.zero_stage, offload=args.offload,
+        precision=args.precision, optimizer=args.optimizer, budget=args.budget, unit_classes=units,
+    )  # fmt: skip
 
 
 def generate(

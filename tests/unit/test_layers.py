@@ -16,6 +16,7 @@ LAYERS = {  # top-level module or subpackage of fts_dist -> layer (higher may im
     "log": 3,
     "strategies": 3,
     "optim": 3,
+    "memory": 3,
     "adapters": 4,
     "runtime": 4,
     "callbacks": 5,
