@@ -120,6 +120,16 @@ def test_seven_transitions_keep_memory_flat_and_frozen_parameters_hold_no_state(
         assert len(rebuilds) == 7 and all(rebuild["host"] == 0 for rebuild in rebuilds)
         held = [state["bytes"] for state in result["state"]]
         assert [r["handed"] for r in rebuilds] == held[:7]
+        # the plan made before launch (fts_dist.memory): Adam's moments within ZeRO's alignment padding, and ZeRO-2's
+        # fp32 masters (ZeRO-3's fp32 weights are their own masters: the plan counts them as weights)
+        moments = [state["bytes"] - state["flats"] for state in result["state"]]
+        steps = [4 * (phase + 1) for phase in range(8)]  # DeepSpeed's step counter per group, which the meter skips
+        planned = [p["optimizer_state"] - step for p, step in zip(result["plan"], steps, strict=True)]
+        assert moments == pytest.approx(planned, rel=0.05, abs=8 * 2 * 64)
+        if stage == 2:
+            assert [s["flats"] for s in result["state"]] == pytest.approx(
+                [p["masters"] for p in result["plan"]], rel=0.05, abs=4 * 2 * 64
+            )
         # each transition restores the best checkpoint: the whole-model file mapped, this rank's partitions read
         assert result["reads"].get("model mapped", 0) >= 7 and "model read" not in result["reads"]
     assert "phase 7 of 7 begins at epoch 7" in proc.stdout + proc.stderr

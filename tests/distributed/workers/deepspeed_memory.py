@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from fts_dist import DeepSpeedStrategy, FinetuningScheduler, FTSCheckpoint
 from fts_dist.adapters.deepspeed import engine as zero_engine
 from fts_dist.adapters.deepspeed.engine import state_bytes, trim_host_memory
+from fts_dist.memory import meta_device, plan_memory
 from tests.worker_exit import finish_worker
 
 LAYERS, WIDTH = 7, 192
@@ -64,7 +65,9 @@ class MemoryMeter(pl.Callback):
         trainable = sum(
             p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in pl_module.parameters() if p.requires_grad
         )
-        self.state.append({"bytes": state_bytes(trainer.strategy.model), "trainable": trainable})
+        engine = trainer.strategy.model
+        flats = sum(flat.nbytes for _, flat in zero_engine.flat_partitions(engine))
+        self.state.append({"bytes": state_bytes(engine), "flats": flats, "trainable": trainable})
 
 
 def count_rebuild_bytes(rebuilds: list[dict[str, int]]) -> None:
@@ -138,7 +141,11 @@ def main() -> None:
     )
     loader = DataLoader(data, batch_size=8, sampler=DistributedSampler(data, world, rank, shuffle=False))
     trainer.fit(Tower(), loader, DataLoader(data, batch_size=64))
+    with meta_device():  # the plan made before launch, for the same model, schedule and world
+        plan = plan_memory(schedule, Tower(), "deepspeed", world, zero_stage=args.stage)
+    planned = [phase.bytes_per_rank for phase in plan.phases]
     result = {"world": world, "rss": meter.rss, "state": meter.state, "rebuilds": rebuilds, "reads": reads}
+    result["plan"] = planned
     (out / f"memory-rank{trainer.global_rank}.json").write_text(json.dumps(result))
     finish_worker()
 
