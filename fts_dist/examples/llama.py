@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from typing_extensions import override
 
 LLAMA_70B = dict(
     hidden_size=8192,
@@ -34,5 +35,6 @@ class LlamaLike(torch.nn.Module):
 
         self.model = LlamaForCausalLM(LlamaConfig(**config))
 
+    @override
     def forward(self, input_ids: torch.Tensor) -> Any:
         return self.model(input_ids=input_ids).logits

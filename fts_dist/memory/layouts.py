@@ -7,9 +7,10 @@ Each strategy's layout is modelled as the code this project runs measures it (te
   gradient buckets as large as the trainable gradients (``gradient_as_bucket_view=False``, DDP's default);
 - FSDP2 shards each parameter along dim 0 (a rank holds ``ceil(dim0 / world)`` rows at most), and gradients and
   optimizer state shard with it; it all-gathers one unit at a time;
-- FSDP1 (``use_orig_params=True``) flattens each unit's parameters into one flat parameter padded to a multiple of
-  the world; a unit with any trainable parameter keeps its whole flat gradient shard (pytorch issue 104690), while
-  optimizer state covers only the trainable parameters' elements within the rank's shard;
+- FSDP1 (``use_orig_params=True``) flattens each unit's parameters into one flat parameter (each starting on a
+  16-byte boundary) padded to a multiple of the world; a unit with any trainable parameter keeps its whole flat
+  gradient shard (pytorch issue 104690), while optimizer state covers only the trainable parameters' elements
+  within the rank's shard;
 - ZeRO 1/2 keep the module's weights whole on every rank and partition each optimizer group (padded to an
   alignment) into fp32 masters and optimizer state; ZeRO-1 keeps whole gradients, ZeRO-2 partitioned ones;
 - ZeRO-3 partitions every parameter (``ceil(numel / world)`` elements a rank), its fp32 master (none of its own when
@@ -126,21 +127,27 @@ def transition_bytes(
 
 def _fsdp1(layout: Layout, params: Sequence[ParamShape], trainable: set[str], moments: int, steps: int) -> RankBytes:
     world, width = layout.world_size, layout.param_bytes
+    align = max(1, 16 // width)  # use_orig_params starts each parameter on a 16-byte boundary in the flat parameter
     worst = RankBytes(0, 0, 0, 0, 0)
-    units = _units(params)
+    flats = []
+    for members in _units(params).values():
+        offsets, end = [], 0
+        for p in members:
+            start = _ceil_to(end, align)
+            offsets.append(start)
+            end = start + p.numel
+        flats.append((members, offsets, _ceil_to(end, world) // world))
     for rank in range(world):
         weights = grads = state = 0
-        for members in units.values():
-            shard = _ceil_to(_numel(members), world) // world
+        for members, offsets, shard in flats:
             weights += shard * width
             if any(p.name in trainable for p in members):
                 grads += shard * width
-            start, offset = rank * shard, 0
-            for p in members:
-                overlap = max(0, min(offset + p.numel, start + shard) - max(offset, start))
-                state += overlap * width * moments if p.name in trainable else 0
-                offset += p.numel
-        gather = max((_numel(m) for m in units.values()), default=0) * width
+            low, high = rank * shard, (rank + 1) * shard
+            for p, offset in zip(members, offsets, strict=True):
+                if p.name in trainable:
+                    state += max(0, min(offset + p.numel, high) - max(offset, low)) * width * moments
+        gather = max((shard * world for _, _, shard in flats), default=0) * width
         candidate = RankBytes(weights, grads, 0, state + steps, gather)
         worst = max(worst, candidate, key=lambda b: b.total)
     return worst

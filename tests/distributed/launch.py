@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 WORKER = Path(__file__).parent / "workers" / "fit_run.py"
@@ -63,3 +64,14 @@ def launch(
         command = [sys.executable, *worker_args]
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     return Run(proc.returncode, proc.stdout + proc.stderr, out_dir)
+
+
+def assert_memory_as_planned(run: Run, depths: list[int], rel: float = 0.05) -> None:
+    """The plan ``fts_dist.memory`` made before launch (the most loaded rank's bytes) against the most each rank held
+    after a phase's last optimizer step: parameters, gradients and optimizer state."""
+    ranks = [run.rank(r) for r in (0, 1)]
+    for depth in depths:
+        planned = ranks[0]["plan"][depth]
+        for key in ("params", "grads", "optimizer_state"):
+            measured = max(rank["memory"][depth][key] for rank in ranks)
+            assert measured == pytest.approx(planned[key], rel=rel), f"phase {depth} {key}: {measured} vs {planned}"

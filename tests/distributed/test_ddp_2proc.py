@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.distributed.launch import launch
+from tests.distributed.launch import assert_memory_as_planned, launch
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(400)]
 REFERENCE_ATOL = 1e-5
@@ -76,6 +76,8 @@ def test_world_size_2_equals_single_process(tmp_path: Path, launcher: str, args:
     assert run.rank(0)["optimizer"] == optimizer  # the sharded optimizers ran, against a plain-SGD reference
     if "--optimize-all" in args:  # configure_optimizers passed every parameter: regrouped into phase 0's
         assert "its groups are now one group of phase 0's parameters" in run.output
+    if launcher == "lightning":  # plain SGD, no freeze: every phase as the memory plan says
+        assert_memory_as_planned(run, [0, 1, 2])
     if "--apply-lambdas" in args:  # phase 1 joined LambdaLR at 0.05 x 0.9 ** 1 (epoch 1), not at 0.05
         assert run.rank(0)["records"][1]["lrs"] == pytest.approx([0.05 * 0.9, 0.05 * 0.9])
     if "--reinit" in args:  # tests.modules.REINIT_SCHEDULE: phase 2 runs phase 1's SGD and its own cosine schedule

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.distributed.launch import Run, launch
+from tests.distributed.launch import Run, assert_memory_as_planned, launch
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(400)]
 REFERENCE_ATOL = 1e-5
@@ -66,6 +66,7 @@ def test_fsdp2_restores_an_earlier_phase_across_a_freeze_with_an_lr_scheduler(
     assert_matches(run, refreeze_reference.reference(), STALE_DEPTHS)
     assert "phase 2 of 2 begins at epoch 4: 130 trainable parameters in 6 tensors, 3 optimizer groups" in run.output
     assert_refrozen(run)
+    assert_memory_as_planned(run, [0, 1])  # phase 2 keeps the re-frozen layer's state, which the plan leaves out
 
 
 def assert_refrozen(run: Run) -> None:
@@ -115,6 +116,7 @@ def test_a_kill_mid_sharded_write_keeps_the_last_checkpoint_and_the_resume_match
     assert_matches(resumed, refreeze_reference.reference(), [2, 2])
     assert "layers.1.weight" not in resumed.rank(0)["records"][0]["trainable"]
     assert not (resume_dir / ".last.ckpt.fts-staging").exists()  # the next save cleared it
+    assert_memory_as_planned(resumed, [2])  # FSDP1: flat units per rank; the re-frozen layer holds no state
 
 
 REINIT = (*STALE, "--reinit")

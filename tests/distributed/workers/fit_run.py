@@ -17,14 +17,16 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.strategies import DDPStrategy, ModelParallelStrategy
-from torch.distributed.fsdp import ShardingStrategy
+from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 from torch.distributed.optim import ZeroRedundancyOptimizer
+from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from fts_dist import DeepSpeedStrategy, FinetuningScheduler, FSDPStrategy, FTSCheckpoint, FTSEarlyStopping
 from fts_dist.adapters import StrategyAdapter, register_adapter
+from fts_dist.memory import meta_device, plan_memory
 from tests.distributed.sharded_modules import (
     DeepSpeedRecorder,
     PerRankReference,
@@ -100,6 +102,41 @@ class RecordDDPWrapper(pl.Callback):
                 "synced": sorted(n.removeprefix("module.") for n, p in wrapped.named_parameters() if p.requires_grad),
                 "init_syncs": self.init_syncs,
             }
+
+
+class MemoryMeter(pl.Callback):
+    """Bytes this rank holds after each phase's last optimizer step: parameters, gradients and optimizer state (a
+    DTensor's local part; FSDP1's flat parameters), to hold the memory plan made before launch against."""
+
+    def __init__(self) -> None:
+        self.by_depth: dict[int, dict[str, int]] = {}
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        scheduler = next(c for c in trainer.callbacks if isinstance(c, FinetuningScheduler))
+        units = FullyShardedDataParallel.fsdp_modules(trainer.strategy.model)
+        flat = [m._flat_param for m in units if m._flat_param is not None]
+        params = flat if flat else list(pl_module.parameters())
+        grads = [p.grad for p in params if p.grad is not None]
+        state = [v for s in trainer.optimizers[0].state.values() for v in s.values() if torch.is_tensor(v)]
+        self.by_depth[scheduler.curr_depth] = {
+            "params": sum(_local(t).nbytes for t in params),
+            "grads": sum(_local(t).nbytes for t in grads),
+            "optimizer_state": sum(_local(t).nbytes for t in state),
+        }
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def memory_plan(args: argparse.Namespace, schedule: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The plan fts_dist.memory makes before launch for this run's model, schedule and strategy."""
+    with meta_device():
+        model = build_model(args)
+    units = ("Linear",) if args.strategy == "fsdp1" else ()
+    optimizer = "adamw" if args.optimizer == "adamw" else "sgd"
+    plan = plan_memory(schedule, model, args.strategy, WORLD, optimizer=optimizer, unit_classes=units)
+    return [phase.bytes_per_rank for phase in plan.phases]
 
 
 class RaiseOnRankOne(pl.Callback):
@@ -266,6 +303,8 @@ def main() -> None:
     if args.resume or args.kill_writing_last_at is not None:  # last.ckpt every epoch, to resume from
         callbacks.append(ModelCheckpoint(dirpath=out / "resume", filename="latest", save_last=True))
     callbacks.append(RecordDDPWrapper())
+    meter = MemoryMeter()
+    callbacks.append(meter)
     if args.mode in SCRIPTS:
         callbacks.append(FTSEarlyStopping(monitor="val_loss", patience=1))
     # planted faults run before the scheduler's hook, so they hit the transition at epoch 1
@@ -301,6 +340,9 @@ def main() -> None:
         final = engine_full_state(model) if isinstance(model, DeepSpeedRecorder) else model.state_dict()
     result = {"records": model.records, "final": {k: v.clone() for k, v in final.items()}}
     result["ddp"] = getattr(model, "ddp_wrapper", None)
+    result["memory"] = meter.by_depth
+    if args.strategy in ("ddp", "fsdp2", "fsdp1") and not args.reference:
+        result["plan"] = memory_plan(args, schedule)
     result["optimizer"] = type(trainer.optimizers[0]).__name__
     result["lr_schedulers"] = [type(config.scheduler).__name__ for config in trainer.lr_scheduler_configs]
     if ACCELERATOR != "cpu":
