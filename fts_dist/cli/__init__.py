@@ -41,6 +41,7 @@ def _build_parser() -> argparse.ArgumentParser:
     blocks.add_argument("--lr", type=float, help="learning rate of phase 1 (default: the callback's base_max_lr)")
     blocks.add_argument("--lr-decay", type=float, default=1.0, help="each deeper phase's lr over the one above")
     blocks.add_argument("--epochs-per-phase", type=int, metavar="N", help="end phase d by epoch (d + 1) * N")
+    add_plan_options(gen)
     for name, help_text in (
         ("validate", "every check the callback makes before training; exit 0 when valid, 1 with the errors"),
         ("show", "a table of the phases: parameters, counts, lr, epochs; --plot draws the timeline"),
@@ -52,6 +53,7 @@ def _build_parser() -> argparse.ArgumentParser:
         action.add_argument("--epoch-transitions-only", action="store_true", help="as the callback's argument")
         if name == "validate":
             action.add_argument("--strategy", help="a Lightning strategy name (ddp, fsdp, deepspeed, ...) to check")
+            add_plan_options(action)
         else:
             action.add_argument("--plot", help="also draw the phase timeline to this PNG file")
     _add_plan_parser(actions)
@@ -63,15 +65,24 @@ def _add_plan_parser(actions: Any) -> None:
     plan.add_argument("schedule", help="the schedule YAML file")
     plan.add_argument("--model", required=True, help="the LightningModule (or nn.Module) as package.module:Class")
     plan.add_argument("--init-args", help="its constructor arguments as a JSON object")
-    plan.add_argument("--strategy", required=True, choices=["ddp", "fsdp2", "fsdp1", "deepspeed"])
-    plan.add_argument("--zero-stage", type=int, choices=[1, 2, 3], help="with --strategy deepspeed")
-    plan.add_argument("--offload", action="store_true", help="ZeRO optimizer offload to host memory")
-    plan.add_argument("--world-size", type=int, required=True)
-    plan.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "bf16-true"])
-    plan.add_argument("--optimizer", default="adamw", choices=["adamw", "adam", "sgd"])
-    plan.add_argument("--units", help="comma-separated module classes FSDP wraps (default: the repeated blocks)")
     plan.add_argument("--budget", help="memory per rank, e.g. 80GiB: name the binding phase and its headroom")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    add_plan_options(plan, required=True)
+
+
+def add_plan_options(parser: Any, required: bool = False) -> None:
+    """What a memory plan needs besides the schedule and the model."""
+    group = parser.add_argument_group("memory plan")
+    if not required:
+        group.add_argument("--memory-budget", metavar="SIZE", help="memory per rank, e.g. 80GiB (with --world-size)")
+    if not any(action.dest == "strategy" for action in parser._actions):
+        group.add_argument("--strategy", required=required, help="ddp, fsdp2, fsdp1 or deepspeed")
+    group.add_argument("--zero-stage", type=int, choices=[1, 2, 3], help="with --strategy deepspeed")
+    group.add_argument("--offload", action="store_true", help="ZeRO optimizer offload to host memory")
+    group.add_argument("--world-size", type=int, required=required)
+    group.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "bf16-true"])
+    group.add_argument("--optimizer", default="adamw", choices=["adamw", "adam", "sgd"])
+    group.add_argument("--units", help="comma-separated module classes FSDP wraps (default: the repeated blocks)")
 
 
 def _run_schedule_command(args: argparse.Namespace) -> int:
@@ -88,10 +99,19 @@ def _run_schedule_command(args: argparse.Namespace) -> int:
             lr_decay=args.lr_decay,
             epochs_per_phase=args.epochs_per_phase,
         )
-        print(f"wrote {schedule_cmds.generate(args.model, args.init_args, args.out, options if args.blocks else None)}")
+        budget = args.memory_budget
+        if budget and not (args.blocks and args.strategy and args.world_size):
+            print("error: --memory-budget needs --blocks, --strategy and --world-size", file=sys.stderr)
+            return 1
+        written = schedule_cmds.generate(
+            args.model, args.init_args, args.out, options if args.blocks else None, args if budget else None
+        )
+        print(f"wrote {written}")
         return 0
     strategy = getattr(args, "strategy", None)
     result = schedule_cmds.validate(args.schedule, args.model, args.init_args, strategy, args.epoch_transitions_only)
+    if getattr(args, "memory_budget", None) and not result.errors:
+        result.errors += schedule_cmds.check_budget(args)
     for warning in result.warnings:
         print(f"warning: {warning}")
     for error in result.errors:

@@ -9,10 +9,10 @@ from typing import Any
 from fts_dist.cli.objects import build_model
 from fts_dist.errors import FTSConfigError
 from fts_dist.gen import gen_block_schedule, gen_ft_schedule
-from fts_dist.schedule import Schedule, load_schedule
+from fts_dist.schedule import Schedule, dump_schedule, generate_block_schedule, load_schedule, schedule_file_name
 
 
-def plan(args: Any) -> Any:
+def plan(args: Any, schedule: Any = None, budget: str | None = None) -> Any:
     """``fts-dist schedule plan``: the model built on the meta device, then :func:`fts_dist.memory.plan_memory`."""
     from fts_dist.memory import meta_device, plan_memory  # imports torch
 
@@ -20,22 +20,47 @@ def plan(args: Any) -> Any:
         model = build_model(args.model, args.init_args)
     units = [u for u in (args.units or "").split(",") if u]
     return plan_memory(
-        args.schedule, model, args.strategy, args.world_size, zero_stage=args.zero_stage, offload=args.offload,
-        precision=args.precision, optimizer=args.optimizer, budget=args.budget, unit_classes=units,
+        args.schedule if schedule is None else schedule, model, args.strategy, args.world_size,
+        zero_stage=args.zero_stage, offload=args.offload, precision=args.precision, optimizer=args.optimizer,
+        budget=budget or getattr(args, "budget", None), unit_classes=units,
     )  # fmt: skip
 
 
+def check_budget(args: Any) -> list[str]:
+    """``schedule validate --memory-budget``: one error per phase that does not fit."""
+    from fts_dist.memory import over_budget
+
+    if not (args.strategy and args.world_size):
+        return ["--memory-budget needs --strategy and --world-size"]
+    return over_budget(plan(args, budget=args.memory_budget))
+
+
 def generate(
-    model_spec: str, init_args: str | None, out: str | None, block_options: dict[str, Any] | None = None
+    model_spec: str,
+    init_args: str | None,
+    out: str | None,
+    block_options: dict[str, Any] | None = None,
+    budget_args: Any = None,
 ) -> Path:
     """Write the implicit schedule of the LightningModule ``model_spec`` (its block-wise schedule with
     ``block_options``, the keyword arguments of :func:`gen_block_schedule`) to ``out`` (default: the current
-    directory, under the original project's file name)."""
+    directory, under the original project's file name). With ``budget_args`` (``--memory-budget`` and the plan's
+    options), the block-wise schedule stops at its deepest phase that fits."""
     model = build_model(model_spec, init_args)
     directory, name = (".", None) if out is None else (Path(out).parent, Path(out).name)
     if block_options is None:
         return gen_ft_schedule(model, directory, file_name=name)
-    return gen_block_schedule(model, directory, file_name=name, **block_options)
+    if budget_args is None:
+        return gen_block_schedule(model, directory, file_name=name, **block_options)
+    from fts_dist.memory import fit_to_budget  # imports torch
+
+    names = [param_name for param_name, _ in model.named_parameters()]
+    schedule = generate_block_schedule(names, **block_options).to_dict()
+    fitted, note = fit_to_budget(schedule, plan(budget_args, schedule, budget_args.memory_budget))  # raises first
+    print(f"memory budget: {note}")
+    return dump_schedule(
+        Schedule.from_dict(fitted), Path(directory) / (name or schedule_file_name(type(model).__name__))
+    )
 
 
 @dataclass

@@ -14,6 +14,7 @@ import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 
@@ -126,6 +127,42 @@ def plan_memory(
     return MemoryPlan(phases, world_size, strategy_label(kind), _assumptions(layout, precision), limit, host)
 
 
+def fit_to_budget(schedule: dict[int, dict[str, Any]], plan: MemoryPlan) -> tuple[dict[int, dict[str, Any]], str]:
+    """``schedule`` cut after its deepest phase before the first that does not fit ``plan``'s budget, and a line
+    saying where it stopped and why."""
+    assert plan.budget is not None
+    over = next((p for p in plan.phases if not plan.fits(p.phase)), None)
+    if over is None:
+        return schedule, f"every phase fits {format_bytes(plan.budget)} per rank"
+    if over.phase == 0:
+        raise FTSConfigError(
+            f"Phase 0 alone needs {format_bytes(over.bytes_per_rank['total'])} per rank, over the budget of "
+            f"{format_bytes(plan.budget)}: raise the budget or the world size, or shard more (fsdp2, deepspeed).",
+            phase=0,
+            key="memory_budget",
+        )
+    kept = {depth: phase for depth, phase in schedule.items() if int(depth) < over.phase}
+    last = kept[max(kept, key=int)]
+    last.pop("max_transition_epoch", None)  # the last phase runs to the end of training
+    return kept, (
+        f"stopped at phase {over.phase - 1}: phase {over.phase} would need "
+        f"{format_bytes(over.bytes_per_rank['total'])} per rank, over the budget of {format_bytes(plan.budget)}"
+    )
+
+
+def over_budget(plan: MemoryPlan) -> list[str]:
+    """One message per phase that does not fit ``plan``'s budget: which phase, its bytes, what to do."""
+    if plan.budget is None:
+        return []
+    return [
+        f"phase {p.phase} needs {format_bytes(p.bytes_per_rank['total'])} per rank, over the budget of "
+        f"{format_bytes(plan.budget)} (params {format_bytes(p.bytes_per_rank['params'])}, optimizer state "
+        f"{format_bytes(p.bytes_per_rank['optimizer_state'])}): end the schedule before it, shard more, or add ranks"
+        for p in plan.phases
+        if not plan.fits(p.phase)
+    ]
+
+
 def strategy_label(kind: str) -> str:
     return {"zero1": "deepspeed-zero1", "zero2": "deepspeed-zero2", "zero3": "deepspeed-zero3"}.get(kind, kind)
 
@@ -159,6 +196,13 @@ def format_bytes(value: int | None) -> str:
 
 
 def _strategy_kind(strategy: str, zero_stage: int | None) -> str:
+    """A plan's strategy from ours (ddp, fsdp2, fsdp1, deepspeed) or Lightning's registry names (``ddp_spawn``,
+    ``fsdp``, ``model_parallel``, ``deepspeed_stage_2``, ...)."""
+    if strategy.startswith("deepspeed_stage_"):
+        strategy, zero_stage = "deepspeed", int(strategy.removeprefix("deepspeed_stage_")[0])
+    strategy = {"fsdp": "fsdp1", "model_parallel": "fsdp2"}.get(strategy, strategy)
+    if strategy.startswith("ddp"):
+        return "ddp"
     if strategy == "deepspeed":
         if zero_stage not in (1, 2, 3):
             raise FTSConfigError("--strategy deepspeed needs --zero-stage 1, 2 or 3.", key="zero_stage")
