@@ -2,7 +2,7 @@
 
 Runs ``workers/transition_scaling.py`` (a GPT-style stack, 3 phases, AdamW) for every strategy over model sizes at
 2 ranks, and over 1, 2 and 4 ranks at one size. For each run it reads transition 2 (keeps the head's group and the
-top half of the blocks) against transition 1 (keeps only the head's): the extra peak memory per rank that keeping
+top quarter of the blocks) against transition 1 (keeps only the head's): the extra peak memory per rank that keeping
 the trained group costs, as a ratio to what the rank holds for it in steady state (12 bytes x kept parameters,
 divided by the world where the strategy shards it), and the transition's wall time. Fits the exponent of time and
 extra memory against model size and against world size. ``--checkout DIR`` measures another checkout of fts_dist

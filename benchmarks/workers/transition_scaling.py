@@ -1,12 +1,12 @@
 """One rank of a 3-phase run of a GPT-style stack, measuring what each phase transition costs this rank.
 
-Phase 0 trains the head, phase 1 the top half of the blocks, phase 2 the next quarter (AdamW, one epoch each).
+Phase 0 trains the head, phase 1 the top quarter of the blocks, phase 2 the next quarter (AdamW, one epoch each).
 Around every transition (``StrategyAdapter.apply_plan``: restore, thaw, optimizer rebuild or extension, replica check,
 re-wrap) this rank records its wall time and the peak of its resident memory above what it held right before
 (VmHWM, reset through ``/proc/self/clear_refs``, after ``gc.collect`` and ``malloc_trim``). Transition 1 keeps the
-head's group; transition 2 keeps the head's and phase 1's. On a GPU (``--accelerator cuda``) it also records
-``torch.cuda.max_memory_allocated`` above ``torch.cuda.memory_allocated`` before each transition. Writes
-OUT/scaling-rankR.json.
+head's group; transition 2 keeps the head's and phase 1's; both add a quarter of the blocks. On a GPU
+(``--accelerator cuda``) it also records ``torch.cuda.max_memory_allocated`` above ``torch.cuda.memory_allocated``
+before each transition. Writes OUT/scaling-rankR.json.
 
 The worker measures only through ``apply_plan``, which every version of fts_dist has, so the same script measures a
 checkout from before a change.
@@ -84,12 +84,14 @@ class Stack(pl.LightningModule):
 
 
 def schedule(depth: int) -> dict[int, dict[str, Any]]:
-    half, quarter = depth // 2, max(depth // 4, 1)
+    """The head, then the top quarter of the blocks, then the next quarter: both transitions add a group of the same
+    size, so what the second costs beyond the first is what keeping the first quarter's trained group costs."""
+    quarter = max(depth // 4, 1)
     return {
         0: {"params": ["head.*"], "max_transition_epoch": 1},
-        1: {"params": [rf"blocks\.{i}\..*" for i in range(depth - half, depth)], "max_transition_epoch": 2},
+        1: {"params": [rf"blocks\.{i}\..*" for i in range(depth - quarter, depth)], "max_transition_epoch": 2},
         2: {
-            "params": [rf"blocks\.{i}\..*" for i in range(depth - half - quarter, depth - half)],
+            "params": [rf"blocks\.{i}\..*" for i in range(depth - 2 * quarter, depth - quarter)],
             "max_transition_epoch": 3,
         },
     }
@@ -174,7 +176,8 @@ def main() -> None:
         FinetuningScheduler(ft_schedule=schedule(args.depth), epoch_transitions_only=True, restore_best=args.restore)
     ]
     # without restores, no checkpoint file: writing one each epoch would dominate the run
-    callbacks.append(FTSCheckpoint(monitor="val_loss", dirpath=out / "checkpoints", save_top_k=1 if args.restore else 0))
+    keep = 1 if args.restore else 0
+    callbacks.append(FTSCheckpoint(monitor="val_loss", dirpath=out / "checkpoints", save_top_k=keep))
     trainer = pl.Trainer(
         accelerator=args.accelerator,
         devices=world,
