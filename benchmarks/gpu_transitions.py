@@ -5,7 +5,8 @@ transition allocates beyond what was allocated before it, against the rank's sha
     python -m benchmarks.gpu_transitions --out OUT [--width 1024 --depth 16]
 
 Transition 1 keeps the head; transition 2 keeps the head and the top quarter of the blocks (both add a quarter), so
-the second row's growth over the first is what keeping a trained group costs. Prints a table and writes OUT/gpu-transitions.json.
+the second row's growth over the first is what keeping a trained group costs. Prints a table and writes
+OUT/gpu-transitions.json.
 """
 
 from __future__ import annotations
