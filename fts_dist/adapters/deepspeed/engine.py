@@ -131,7 +131,7 @@ def rebuild_zero_optimizer(
     for param in engine.module.parameters():
         param.grad = None
         param.requires_grad_(id(param) in trainable)
-    with _reusing_bit16_buffers(bit16_buffers):
+    with _building_without_copies(bit16_buffers):
         engine._configure_optimizer(basic, [p for group in new_groups for p in group["params"]])
     del bit16_buffers
     _take_over(engine, handed)
@@ -275,7 +275,7 @@ def _take_over(engine: Any, handed: list[_Handed]) -> None:
 
 def _bit16_buffers(engine: Any, groups: set[int]) -> dict[tuple[int, ...], torch.Tensor]:
     """ZeRO 1/2: the flat bit16 buffer each unchanged group's weights live in, by the group's parameters (as
-    ZeRO flattens them), for :func:`_reusing_bit16_buffers`."""
+    ZeRO flattens them), for :func:`_building_without_copies`."""
     if zero_stage(engine) == 3:
         return {}
     optimizer = engine.optimizer
@@ -287,16 +287,24 @@ def _bit16_buffers(engine: Any, groups: set[int]) -> dict[tuple[int, ...], torch
 
 
 @contextlib.contextmanager
-def _reusing_bit16_buffers(buffers: dict[tuple[int, ...], torch.Tensor]) -> Iterator[None]:
-    """While ZeRO 1/2 build: flattening a group whose weights already live, in the same order, in a flat buffer laid
-    out as ZeRO lays it out returns that buffer instead of a copy of the whole group (on every rank: O(group), not
-    O(group / world))."""
-    if not buffers:
-        yield
-        return
+def _building_without_copies(buffers: dict[tuple[int, ...], torch.Tensor]) -> Iterator[None]:
+    """While a ZeRO optimizer builds inside a live engine, leave out two allocations of DeepSpeed's own build:
+
+    - ZeRO 1/2: flattening a group whose weights already live, in the same order, in a flat buffer laid out as ZeRO
+      lays it out returns that buffer instead of a copy of the whole group (on every rank: O(group), not
+      O(group / world));
+    - every stage, without optimizer offload: the gradient buffers ``initialize_optimizer_states`` allocates for the
+      fp32 partitions (ZeRO 1/2 drop them at once; ZeRO-3 keeps one as large as the largest whole sub-group until the
+      first step, which sets each partition's gradient itself). Its other work (Adagrad's state, offload and swap
+      buffers) is kept where it applies.
+    """
+    from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
     from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
 
-    original = DeepSpeedZeroOptimizer.flatten_dense_tensors_aligned
+    flatten_aligned = DeepSpeedZeroOptimizer.flatten_dense_tensors_aligned
+    initialize = {
+        cls: cls.initialize_optimizer_states for cls in (DeepSpeedZeroOptimizer, DeepSpeedZeroOptimizer_Stage3)
+    }
 
     def flatten(
         self: Any, tensor_list: Any, alignment: int, use_cpu_data: bool = False, param_padding: Any = None
@@ -305,13 +313,22 @@ def _reusing_bit16_buffers(buffers: dict[tuple[int, ...], torch.Tensor]) -> Iter
         numel = sum(t.numel() for t in tensor_list) + sum(param_padding or [])
         if buffer is not None and buffer.numel() == -(-numel // alignment) * alignment:
             return buffer
-        return original(self, tensor_list, alignment, use_cpu_data, param_padding)
+        return flatten_aligned(self, tensor_list, alignment, use_cpu_data, param_padding)
+
+    def initialize_without_gradients(self: Any) -> None:
+        offloaded = getattr(self, "cpu_offload", False) or getattr(self, "offload_optimizer", False)
+        if offloaded or getattr(self, "swap_optimizer", False) or isinstance(self.optimizer, torch.optim.Adagrad):
+            initialize[next(cls for cls in initialize if isinstance(self, cls))](self)
 
     DeepSpeedZeroOptimizer.flatten_dense_tensors_aligned = flatten
+    for cls in initialize:
+        cls.initialize_optimizer_states = initialize_without_gradients
     try:
         yield
     finally:
-        DeepSpeedZeroOptimizer.flatten_dense_tensors_aligned = original
+        DeepSpeedZeroOptimizer.flatten_dense_tensors_aligned = flatten_aligned
+        for cls, method in initialize.items():
+            cls.initialize_optimizer_states = method
         buffers.clear()
 
 
