@@ -23,6 +23,7 @@ WORKER = ROOT / "benchmarks" / "workers" / "transition_scaling.py"
 RUNS = [  # (label, worker arguments)
     ("ZeRO-2 fp32", ["--strategy", "deepspeed", "--zero-stage", "2"]),
     ("ZeRO-2 bf16-mixed", ["--strategy", "deepspeed", "--zero-stage", "2", "--precision", "bf16-mixed"]),
+    ("ZeRO-3 fp32", ["--strategy", "deepspeed", "--zero-stage", "3"]),
     ("FSDP2 fp32", ["--strategy", "fsdp2"]),
     ("FSDP2 bf16-mixed", ["--strategy", "fsdp2", "--precision", "bf16-mixed"]),
 ]
@@ -59,7 +60,33 @@ def main() -> None:
         first, second = result["transitions"][:2]
         growth = (second["cuda_extra_peak"] - first["cuda_extra_peak"]) / (12 * (second["kept"] - first["kept"]))
         print(f"| {label}: keeping the trained group costs {growth:.2f} x its share |")
+    print(
+        "\n| run | phase | CUDA peak (MB) | allocated at its end (MB) | plan without activations (MB) | peak / plan |"
+    )
+    print("|---|---|---|---|---|---|")
+    for label, result in results.items():
+        planned = plan_for(label, args.width, args.depth)
+        for phase, (measured, plan) in enumerate(zip(result["cuda_phases"], planned, strict=False)):
+            print(
+                f"| {label} | {phase} | {measured['peak'] / 1e6:.1f} | {measured['allocated'] / 1e6:.1f} | "
+                f"{plan / 1e6:.1f} | {measured['peak'] / plan:.2f} |"
+            )
     (args.out / "gpu-transitions.json").write_text(json.dumps(results, indent=1))
+
+
+def plan_for(label: str, width: int, depth: int) -> list[int]:
+    """``fts_dist.memory``'s plan (bytes per rank, activations aside) for a run's model, schedule and strategy."""
+    from benchmarks.workers.transition_scaling import Stack, schedule
+    from fts_dist.memory import meta_device, plan_memory
+
+    extra = dict(RUNS)[label]
+    strategy = "fsdp2" if "fsdp2" in extra else "deepspeed"
+    stage = int(extra[extra.index("--zero-stage") + 1]) if "--zero-stage" in extra else None
+    precision = extra[extra.index("--precision") + 1] if "--precision" in extra else "32-true"
+    with meta_device():
+        model = Stack(width, depth)
+    plan = plan_memory(schedule(depth), model, strategy, 1, zero_stage=stage, precision=precision)
+    return [int(p.bytes_per_rank["total"] or 0) for p in plan.phases]
 
 
 if __name__ == "__main__":

@@ -137,6 +137,19 @@ def measure_transitions(records: list[dict[str, Any]]) -> None:
     StrategyAdapter.apply_plan = measured  # type: ignore[method-assign]
 
 
+class CudaPhaseMeter(pl.Callback):
+    """On a GPU: each epoch's (one phase's) ``torch.cuda.max_memory_allocated`` and what stays allocated at its end."""
+
+    def __init__(self) -> None:
+        self.phases: list[dict[str, int]] = []
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        torch.cuda.reset_peak_memory_stats()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.phases.append({"peak": torch.cuda.max_memory_allocated(), "allocated": torch.cuda.memory_allocated()})
+
+
 def strategy_for(name: str, stage: int) -> pl.strategies.Strategy:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if name == "ddp":
@@ -176,6 +189,8 @@ def main() -> None:
         FinetuningScheduler(ft_schedule=schedule(args.depth), epoch_transitions_only=True, restore_best=args.restore)
     ]
     # without restores, no checkpoint file: writing one each epoch would dominate the run
+    meter = CudaPhaseMeter() if args.accelerator == "cuda" else None
+    callbacks += [meter] if meter else []
     keep = 1 if args.restore else 0
     callbacks.append(FTSCheckpoint(monitor="val_loss", dirpath=out / "checkpoints", save_top_k=keep))
     trainer = pl.Trainer(
@@ -195,7 +210,7 @@ def main() -> None:
     model = Stack(args.width, args.depth, shard=args.strategy == "fsdp2")
     total = sum(p.numel() for p in model.parameters())
     trainer.fit(model, loader, DataLoader(data, batch_size=samples))
-    result = {"world": world, "params": total, "transitions": records}
+    result = {"world": world, "params": total, "transitions": records, "cuda_phases": meter.phases if meter else []}
     (out / f"scaling-rank{trainer.global_rank}.json").write_text(json.dumps(result))
     if world > 1:
         from benchmarks.workers.demo_phases import finish_distributed_worker
