@@ -214,6 +214,11 @@ class StrategyAdapter:
     def on_trainable_changed(self, trainer: pl.Trainer) -> None:
         """Called after the trainable set grew (a transition, or a resume past phase 0)."""
 
+    def memory_layout(self) -> dict[str, Any] | None:
+        """How :func:`fts_dist.memory.plan_memory` models this strategy (``strategy``, ``zero_stage``, ``offload``),
+        or ``None`` where no plan fits. One process holds everything, as one DDP rank does."""
+        return {"strategy": "ddp"}
+
     # -- setup -------------------------------------------------------------------------------------------------
     def setup_optimizer(self, trainer: pl.Trainer, phase0_params: Sequence[str]) -> None:
         """Check that there is one optimizer, holding only phase 0's parameters (with ``enforce_phase0_params``: make

@@ -20,6 +20,7 @@ from fts_dist.callbacks.batchnorm import FrozenBatchNormPolicy
 from fts_dist.callbacks.checkpoint import FTSCheckpoint
 from fts_dist.callbacks.dependencies import check_keeps_a_best_checkpoint, ensure_callbacks
 from fts_dist.callbacks.early_stopping import FTSEarlyStopping
+from fts_dist.callbacks.memory_report import PhaseMemory
 from fts_dist.callbacks.reports import check_unused_parameters, end_of_fit_line
 from fts_dist.coordinator import (
     CheckpointRef,
@@ -137,6 +138,7 @@ class FinetuningScheduler(Callback):
         self._liveness = RankLiveness()
         self._numels: dict[str, int] = {}  # parameter -> elements, read before any wrapper shards it
         self.transition_seconds: dict[int, float] = {}  # depth -> wall time of its transition on this rank
+        self.memory = PhaseMemory(None)  # each phase's memory beside its plan, planned at setup
 
     # -- public API of the original callback -------------------------------------------------------------------
     @property
@@ -279,6 +281,7 @@ class FinetuningScheduler(Callback):
         adapter.validate_schedule(coordinator.schedule, trainer)
         check_new_lr_schedulers(coordinator.schedule, adapter.group_count)
         coordinator.bind_phase0_lr(float(trainer.optimizers[0].param_groups[0]["lr"]))
+        self.memory = PhaseMemory.plan(adapter, trainer, coordinator.schedule)
         self._resume_at_saved_depth(trainer)
         self._update_final_phase()
         self._check_unused_pending = True
@@ -315,6 +318,10 @@ class FinetuningScheduler(Callback):
         self.batchnorm.hold()  # a mid-epoch validation may have set the whole module to train mode
 
     @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        self.memory.sample(trainer, self.curr_depth)  # after the phase's first optimizer step
+
+    @override
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._check_unused_pending:  # once per phase: the first backward shows which thawed tensors get no grad
             self._check_unused_pending = False
@@ -333,11 +340,13 @@ class FinetuningScheduler(Callback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.memory.end_phase(trainer)
         self.batchnorm.release(pl_module)
         rank_zero_info(end_of_fit_line(trainer, self._coordinator, self.early_stopping))
 
     # -- internals ---------------------------------------------------------------------------------------------
     def _apply(self, plan: PhasePlan, trainer: pl.Trainer) -> None:
+        self.memory.end_phase(trainer)
         started = time.perf_counter()
         self._adapter.apply_plan(plan, trainer, check_replicas=self.check_replicas)
         self.transition_seconds[plan.depth] = time.perf_counter() - started

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 STRATEGIES = ("ddp", "fsdp2", "fsdp1", "zero1", "zero2", "zero3")
-OPTIMIZER_MOMENTS = {"adamw": 2, "adam": 2, "sgd": 1}  # state tensors per parameter (SGD with momentum)
+OPTIMIZER_MOMENTS = {"adamw": 2, "adam": 2, "sgd": 1, "sgd-plain": 0}  # state tensors per parameter
 FP32 = 4
 
 
@@ -88,7 +88,8 @@ def rank_bytes(layout: Layout, params: Sequence[ParamShape], groups: Sequence[Se
     steps = FP32 * len(train) if moments == 2 else 0  # Adam's step: one fp32 scalar tensor per parameter
     if kind == "ddp":
         grads = sum(p.numel for p in train) * width
-        return RankBytes(_numel(params) * width, grads, 0, grads * moments + steps, grads)
+        buckets = grads if world > 1 else 0  # one process runs without DDP
+        return RankBytes(_numel(params) * width, grads, 0, grads * moments + steps, buckets)
     if kind == "fsdp2":
         local = {p.name: _dim0_shard(p.shape, world) for p in params}
         trained = sum(local[p.name] for p in train)

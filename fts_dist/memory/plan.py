@@ -101,6 +101,29 @@ def plan_memory(
         >>> [p.trainable_params for p in plan.phases], plan.phases[1].bytes_per_rank["optimizer_state"]
         ([18, 90], 736)
     """
+    named = list(model.named_parameters())
+    units = _unit_of(model, [name for name, _ in named], unit_classes)
+    shapes = [ParamShape(name, tuple(p.shape), units.get(name, "")) for name, p in named]
+    return plan_from_shapes(
+        schedule, shapes, strategy, world_size, zero_stage=zero_stage, offload=offload, precision=precision,
+        optimizer=optimizer, budget=budget,
+    )  # fmt: skip
+
+
+def plan_from_shapes(
+    schedule: ScheduleSource,
+    shapes: Sequence[ParamShape],
+    strategy: str,
+    world_size: int,
+    *,
+    zero_stage: int | None = None,
+    offload: bool = False,
+    precision: str = "32-true",
+    optimizer: str = "adamw",
+    budget: int | str | None = None,
+) -> MemoryPlan:
+    """:func:`plan_memory` over parameter shapes (in ``named_parameters()`` order); shapes without a unit are given
+    the model's repeated blocks as FSDP units."""
     kind = _strategy_kind(strategy, zero_stage)
     if precision not in PRECISIONS:
         raise FTSConfigError(f"precision {precision!r} is not one of {PRECISIONS}.", key="precision")
@@ -109,10 +132,11 @@ def plan_memory(
     deepspeed = kind.startswith("zero")
     half = precision == "bf16-true" or (deepspeed and precision == "bf16-mixed")
     layout = Layout(kind, world_size, 2 if half else 4, optimizer, offload and deepspeed)
-    named = list(model.named_parameters())
-    resolved = load_schedule(schedule, [name for name, _ in named])
-    units = _unit_of(model, [name for name, _ in named], unit_classes)
-    shapes = [ParamShape(name, tuple(p.shape), units.get(name, "")) for name, p in named]
+    names = [s.name for s in shapes]
+    if not any(s.unit for s in shapes):
+        units = _unit_of(None, names, ())
+        shapes = [ParamShape(s.name, s.shape, units.get(s.name, "")) for s in shapes]
+    resolved = load_schedule(schedule, names)
     phases, host = [], []
     for depth, phase in enumerate(resolved.schedule.phases):
         trainable = set(resolved.schedule.trainable_at(depth))
@@ -212,10 +236,10 @@ def _strategy_kind(strategy: str, zero_stage: int | None) -> str:
     return strategy
 
 
-def _unit_of(model: torch.nn.Module, names: list[str], unit_classes: Sequence[str]) -> dict[str, str]:
+def _unit_of(model: torch.nn.Module | None, names: list[str], unit_classes: Sequence[str]) -> dict[str, str]:
     """The FSDP unit (module path) of each parameter: modules of ``unit_classes``, else each repeated block."""
     prefixes: list[str] = []
-    if unit_classes:
+    if unit_classes and model is not None:
         prefixes = [f"{path}." for path, m in model.named_modules() if path and type(m).__name__ in unit_classes]
     else:
         with contextlib.suppress(FTSConfigError):  # no repeated blocks: one unit, the root

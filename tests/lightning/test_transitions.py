@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -100,3 +102,15 @@ def test_step_moves_to_the_next_phase_on_demand(fit) -> None:
     )
     assert depths_by_epoch(model.records)[:3] == [0, 0, 1]
     assert fts.schedule[1].params == tuple(PHASE1)
+
+
+def test_each_phase_logs_what_it_held_beside_its_plan(fit, caplog: pytest.LogCaptureFixture) -> None:
+    """One process: the tensors held after each phase's steps (weights, gradients, SGD momentum) are exactly what
+    ``fts_dist.memory`` planned for the schedule before training."""
+    with caplog.at_level(logging.INFO):
+        _, _, scheduler = fit(ft_schedule=with_epochs(1, 3, 3), epoch_transitions_only=True, max_epochs=5)
+    memory = scheduler.memory
+    assert memory.planned is not None and sorted(memory.held) == [0, 1, 2]
+    assert [memory.held[d] for d in range(3)] == memory.planned
+    assert memory.planned[0] < memory.planned[1] < memory.planned[2]
+    assert "fts_dist: phase 2 held" in caplog.text and "1.00x" in caplog.text

@@ -146,6 +146,13 @@ class DeepSpeedAdapter(DistributedAdapter):
         relink_after_load(self._engine())
 
     @override
+    def memory_layout(self) -> dict[str, Any] | None:
+        config: dict[str, Any] = getattr(self.strategy, "config", None) or {}
+        zero = config.get("zero_optimization", {})
+        offload = (zero.get("offload_optimizer") or {}).get("device") == "cpu"
+        return {"strategy": "deepspeed", "zero_stage": int(zero.get("stage", 0)) or None, "offload": offload}
+
+    @override
     def unused_parameters_are_fatal(self) -> bool:
         config: dict[str, Any] = getattr(self.strategy, "config", None) or {}
         return not config.get("zero_optimization", {}).get("ignore_unused_parameters", True)

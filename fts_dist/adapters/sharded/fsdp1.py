@@ -13,6 +13,8 @@ the original names, which this adapter maps to the live parameters.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
@@ -35,6 +37,10 @@ class FSDP1Adapter(ShardedAdapter):
     """
 
     serves = FSDPStrategy
+
+    @override
+    def memory_layout(self) -> dict[str, Any] | None:
+        return {"strategy": "fsdp1"}
 
     @override
     def validate_strategy(self, trainer: pl.Trainer) -> None:

@@ -57,6 +57,10 @@ class FSDP2Adapter(ShardedAdapter):
     serves = ModelParallelStrategy
 
     @override
+    def memory_layout(self) -> dict[str, Any] | None:
+        return {"strategy": "fsdp2"}
+
+    @override
     def validate_strategy(self, trainer: pl.Trainer) -> None:
         super().validate_strategy(trainer)
         assert isinstance(self.strategy, ModelParallelStrategy)
