@@ -101,8 +101,8 @@ def test_a_kill_mid_write_keeps_the_last_deepspeed_checkpoint_and_the_resume_mat
 def test_seven_transitions_keep_memory_flat_and_frozen_parameters_hold_no_state(tmp_path: Path, stage: int) -> None:
     """AdamW: fp32 masters plus Adam state are trainable x 12 bytes / world in every phase (frozen parameters hold
     none), and resident memory after the last transition is within 5% of after the first. Every rebuild hands the
-    kept groups' partitions and state to the new optimizer (exactly the rank's share of them) and copies nothing to
-    the host: a gather of whole parameters (ZeRO 1/2's ``safe_get_full_*``) would copy world x that. The head has 5
+    kept groups' Adam state to the new optimizer (exactly the rank's share of it) and copies nothing to the host: a
+    gather of whole parameters (ZeRO 1/2's ``safe_get_full_*``) would copy world x that. The head has 5
     outputs, which 2 ranks do not divide: its restore goes through ZeRO-3's padded last partition."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
@@ -118,11 +118,14 @@ def test_seven_transitions_keep_memory_flat_and_frozen_parameters_hold_no_state(
         assert len(result["rss"]) == 8 and result["rss"][-1] <= 1.05 * result["rss"][1]
         rebuilds = result["rebuilds"]  # one per transition; each keeps the previous phase's state
         assert len(rebuilds) == 7 and all(rebuild["host"] == 0 for rebuild in rebuilds)
-        held = [state["bytes"] for state in result["state"]]
-        assert [r["handed"] for r in rebuilds] == held[:7]
+        moments = [state["bytes"] - state["flats"] for state in result["state"]]
+        assert [r["handed_state"] for r in rebuilds] == moments[:7]  # each kept group's Adam state, by reference
+        # fp32 weights hold the masters' values: ZeRO 1/2 let the old partitions go; ZeRO-3's masters are the weights
+        assert [r["handed_masters"] for r in rebuilds] == (
+            [0] * 7 if stage < 3 else [s["flats"] for s in result["state"][:7]]
+        )
         # the plan made before launch (fts_dist.memory): Adam's moments within ZeRO's alignment padding, and ZeRO-2's
         # fp32 masters (ZeRO-3's fp32 weights are their own masters: the plan counts them as weights)
-        moments = [state["bytes"] - state["flats"] for state in result["state"]]
         steps = [4 * (phase + 1) for phase in range(8)]  # DeepSpeed's step counter per group, which the meter skips
         planned = [p["optimizer_state"] - step for p, step in zip(result["plan"], steps, strict=True)]
         assert moments == pytest.approx(planned, rel=0.05, abs=8 * 2 * 64)

@@ -236,21 +236,26 @@ def _snapshot(engine: Any, kept: int, keep: set[int], masters_only: bool = False
 
 @dataclass
 class _Handed:
-    """A kept group with unchanged members: this rank's flat fp32 partitions of it (one per ZeRO-3 sub-group) and
-    the optimizer state over each, taken from the old optimizer by reference."""
+    """A kept group with unchanged members: per flat fp32 partition of it on this rank (one per ZeRO-3 sub-group),
+    its size, the partition itself (``None`` where the weights hold the same values) and the optimizer state over it,
+    taken from the old optimizer by reference."""
 
     group: int
-    partitions: list[tuple[torch.Tensor, dict[str, Any]]]
+    partitions: list[tuple[int, torch.Tensor | None, dict[str, Any]]]
 
 
 def _hand_over_partitions(engine: Any, groups: set[int], masters_only: bool) -> list[_Handed]:
-    basic = engine.optimizer.optimizer
+    basic, stage = engine.optimizer.optimizer, zero_stage(engine)
+    weights = {i: params[0].dtype for i, params in enumerate(group_parameters(engine)) if params}
     handed: dict[int, _Handed] = {}
     for group, flat in flat_partitions(engine):
         if group in groups:
             flat.grad = None  # the old optimizer's gradient partition goes with it
             state = {} if masters_only else basic.state.get(flat, {})
-            handed.setdefault(group, _Handed(group, [])).partitions.append((flat, state))
+            # ZeRO 1/2 copy each step's fp32 partition into weights of the same dtype: the new optimizer's partition,
+            # cloned from the weights, holds the same values, and the old one can go before it is built
+            master = None if stage in (1, 2) and weights.get(group) == flat.dtype else flat
+            handed.setdefault(group, _Handed(group, [])).partitions.append((flat.numel(), master, state))
     return list(handed.values())
 
 
@@ -263,10 +268,10 @@ def _take_over(engine: Any, handed: list[_Handed]) -> None:
         new.setdefault(group, []).append(flat)
     for entry in handed:
         flats = new.get(entry.group, [])
-        if [f.numel() for f in flats] != [old.numel() for old, _ in entry.partitions]:
+        if [f.numel() for f in flats] != [numel for numel, _, _ in entry.partitions]:
             raise RuntimeError(f"fts_dist: ZeRO partitioned optimizer group {entry.group} anew differently")
-        for flat, (old, state) in zip(flats, entry.partitions, strict=True):
-            if flat is not old:
+        for flat, (_, old, state) in zip(flats, entry.partitions, strict=True):
+            if old is not None and flat is not old:
                 flat.data.copy_(old)
             if state:
                 basic.state[flat] = state

@@ -79,12 +79,14 @@ def count_rebuild_bytes(rebuilds: list[dict[str, int]]) -> None:
 
     def counted_snapshot(*args: Any, **kwargs: Any) -> Any:
         saved = snapshot(*args, **kwargs)
-        rebuilds.append({"host": sum(tensor_bytes(t.values()) for g in saved for _, t in g.params), "handed": 0})
+        rebuilds.append({"host": sum(tensor_bytes(t.values()) for g in saved for _, t in g.params)})
         return saved
 
     def counted_hand_over(*args: Any, **kwargs: Any) -> Any:
         handed = hand_over(*args, **kwargs)
-        rebuilds[-1]["handed"] = sum(f.nbytes + tensor_bytes(s.values()) for h in handed for f, s in h.partitions)
+        partitions = [(master, state) for h in handed for _, master, state in h.partitions]
+        rebuilds[-1]["handed_state"] = sum(tensor_bytes(state.values()) for _, state in partitions)
+        rebuilds[-1]["handed_masters"] = sum(master.nbytes for master, _ in partitions if master is not None)
         return handed
 
     zero_engine._snapshot, zero_engine._hand_over_partitions = counted_snapshot, counted_hand_over
