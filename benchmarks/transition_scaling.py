@@ -61,10 +61,12 @@ def run_one(
     ranks = [json.loads(path.read_text()) for path in sorted(out.glob("scaling-rank*.json"))]
     first, second = (max((r["transitions"][i] for r in ranks), key=lambda t: t["extra_peak"]) for i in (0, 1))
     share = 12 * (second["kept"] - first["kept"]) / (world if strategy in SHARDED else 1)
+    anonymous = [max(r["transitions"][i].get("extra_anonymous_peak", 0) for r in ranks) for i in (0, 1)]
     return {
         "params": ranks[0]["params"],
         "kept_bytes_per_rank": share,
         "keep_ratio": (second["extra_peak"] - first["extra_peak"]) / share,
+        "keep_ratio_private": (anonymous[1] - anonymous[0]) / share,
         "extra_peak": second["extra_peak"],
         "seconds": max(r["transitions"][1]["seconds"] for r in ranks),
     }

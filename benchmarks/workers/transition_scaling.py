@@ -20,6 +20,7 @@ import ctypes
 import gc
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,24 @@ def _settle() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+class AnonymousPeak(threading.Thread):
+    """Samples this process's private memory (RssAnon) every millisecond until stopped: VmHWM also counts the page
+    cache pages of a mapped checkpoint, which every rank on a node shares."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak, self._done = _status("RssAnon:"), threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(0.001):
+            self.peak = max(self.peak, _status("RssAnon:"))
+
+    def stop(self) -> int:
+        self._done.set()
+        self.join()
+        return max(self.peak, _status("RssAnon:"))
+
+
 def measure_transitions(records: list[dict[str, Any]]) -> None:
     """Wrap every adapter's ``apply_plan``: time and extra peak resident memory of each transition on this rank."""
     apply_plan = StrategyAdapter.apply_plan
@@ -122,12 +141,16 @@ def measure_transitions(records: list[dict[str, Any]]) -> None:
             torch.cuda.reset_peak_memory_stats()
             cuda_before = torch.cuda.memory_allocated()
         Path("/proc/self/clear_refs").write_text("5")
-        before, started = _status("VmRSS:"), time.perf_counter()
+        before, anonymous, sampler = _status("VmRSS:"), _status("RssAnon:"), AnonymousPeak()
+        sampler.start()
+        started = time.perf_counter()
         apply_plan(self, plan, trainer, check_replicas)
+        anonymous_peak = sampler.stop()
         if cuda:
             torch.cuda.synchronize()
         seconds, peak = time.perf_counter() - started, _status("VmHWM:")
         record = {"depth": plan.depth, "seconds": seconds, "extra_peak": peak - before, "kept": kept}
+        record["extra_anonymous_peak"] = anonymous_peak - anonymous
         if cuda:
             record["cuda_before"] = cuda_before
             record["cuda_extra_peak"] = torch.cuda.max_memory_allocated() - cuda_before
