@@ -7,7 +7,10 @@ step it takes is one of the adapter's seams, which the strategy families overrid
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
@@ -50,7 +53,27 @@ def apply_plan(adapter: StrategyAdapter, plan: PhasePlan, trainer: pl.Trainer, c
     schedulers keep their state (finetuning-scheduler's rule). A checkpoint restores into the kind of optimizer
     that wrote it; when that is not the kind the phase trains with, only its weights carry over. A phase with
     ``new_lr_scheduler`` replaces the LR scheduler once its group is added.
+
+    The transition runs without automatic garbage collection: most of its steps are collectives, and a collection
+    that one rank starts inside one stalls every other rank (measured: FSDP2's second restore took 0.33 s instead
+    of 0.10 s when a full collection landed inside the checkpoint load).
     """
+    with _without_collector_pauses():
+        _apply_plan(adapter, plan, trainer, check_replicas)
+
+
+@contextlib.contextmanager
+def _without_collector_pauses() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _apply_plan(adapter: StrategyAdapter, plan: PhasePlan, trainer: pl.Trainer, check_replicas: bool) -> None:
     before = GroupSettings.capture(trainer.optimizers[0], lr_schedulers(trainer))
     held = len(before.groups) - adapter.group_count(0)  # the depth the optimizer holds groups for
     if plan.restore is not None:
