@@ -29,6 +29,7 @@ from fts_dist.optim.param_groups import (
     add_param_group,
     check_lr_scheduler_supported,
     lr_schedulers,
+    release_state,
     truncate_param_groups,
 )
 from fts_dist.optim.reinit import (
@@ -177,6 +178,7 @@ class StrategyAdapter:
             raise ValueError(f"it holds {saved_groups} optimizer group(s) where this schedule expects {groups}")
         self.strategy.load_model_state_dict(checkpoint, strict=True)
         truncate_param_groups(trainer.optimizers[0], groups, lr_schedulers(trainer))
+        release_state(trainer.optimizers[0])  # the loaded state replaces it: never both at once
         self.strategy.load_optimizer_state_dict(checkpoint)
 
     def optimizer_parameters(self, trainer: pl.Trainer) -> list[list[torch.nn.Parameter]]:

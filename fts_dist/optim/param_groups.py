@@ -251,6 +251,14 @@ def truncate_param_groups(optimizer: torch.optim.Optimizer, count: int, schedule
     truncate_schedulers(schedulers, count)
 
 
+def release_state(optimizer: torch.optim.Optimizer) -> None:
+    """Drop a plain torch optimizer's state right before a checkpoint load replaces it, so that the rank does not
+    hold the old state and the loaded one at once (a sharded optimizer, which keeps its state in a local optimizer
+    of its own, is left as it is)."""
+    if isinstance(optimizer, torch.optim.Optimizer) and not hasattr(optimizer, "optim"):
+        optimizer.state.clear()
+
+
 def lr_schedulers(trainer: Any) -> list[Any]:
     """The LR schedulers a Lightning trainer steps."""
     return [config.scheduler for config in trainer.lr_scheduler_configs]

@@ -21,7 +21,7 @@ from typing_extensions import override
 
 from fts_dist.adapters.distributed import DistributedAdapter
 from fts_dist.adapters.staged_saves import stage_checkpoint_directories
-from fts_dist.optim.param_groups import lr_schedulers, truncate_param_groups
+from fts_dist.optim.param_groups import lr_schedulers, release_state, truncate_param_groups
 
 _OPTIMIZER_GROUPS_KEY = "optimizer_0.param_groups."  # how Lightning's sharded saves name the first optimizer's groups
 
@@ -49,8 +49,9 @@ class ShardedAdapter(DistributedAdapter):
         groups = self.group_count(len(phases) - 1)
         check_saved_group_count(Path(path), groups)
         truncate_param_groups(trainer.optimizers[0], groups, lr_schedulers(trainer))
+        release_state(trainer.optimizers[0])  # Lightning's loader builds the loaded state beside the live one
         try:
-            self._load_strategy_checkpoint(path)  # weights and optimizer state in place, each rank its own shards
+            self._load_strategy_checkpoint(path)  # weights and optimizer state, each rank its own shards
         except CheckpointException as err:  # a BaseException: make it an ordinary error the transition reports
             raise RuntimeError(str(err)) from err
 
