@@ -60,11 +60,11 @@ class PhaseMemory:
         if depth != self._depth and _on_cuda(trainer):
             torch.cuda.reset_peak_memory_stats()  # the previous phase's peak was taken at its end
         self._depth = depth
-        if _on_cuda(trainer):
-            held = torch.cuda.max_memory_allocated()
-        else:
-            optimizer = trainer.optimizers[0] if trainer.optimizers else None
-            held = held_tensor_bytes(trainer.lightning_module.parameters(), _optimizers(optimizer))
+        try:
+            held = torch.cuda.max_memory_allocated() if _on_cuda(trainer) else _tensor_bytes(trainer)
+        except Exception as err:  # a measurement is advice too: never fail a run over it
+            log.debug("no memory measurement: %s", err)
+            return
         self.held[depth] = max(self.held.get(depth, 0), held)
 
     def end_phase(self, trainer: pl.Trainer) -> str | None:
@@ -90,7 +90,8 @@ def held_tensor_bytes(parameters: Iterable[torch.Tensor], optimizers: Iterable[t
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             tensors += list(group["params"])
-        tensors += [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+        states = [state for state in optimizer.state.values() if isinstance(state, dict)]
+        tensors += [v for state in states for v in state.values() if torch.is_tensor(v)]
     storages: dict[int, int] = {}
     for tensor in tensors:
         if tensor is None:
@@ -102,12 +103,18 @@ def held_tensor_bytes(parameters: Iterable[torch.Tensor], optimizers: Iterable[t
     return sum(storages.values())
 
 
+def _tensor_bytes(trainer: pl.Trainer) -> int:
+    optimizer = trainer.optimizers[0] if trainer.optimizers else None
+    return held_tensor_bytes(trainer.lightning_module.parameters(), _optimizers(optimizer))
+
+
 def _optimizers(optimizer: torch.optim.Optimizer | None) -> list[torch.optim.Optimizer]:
-    """The optimizer, and the one inside it where an engine wraps its own (DeepSpeed's basic optimizer)."""
+    """The optimizer, and the one inside it where it wraps its own (DeepSpeed's basic optimizer, the local one of
+    ZeroRedundancyOptimizer and OSS)."""
     if optimizer is None:
         return []
-    inner = getattr(optimizer, "optimizer", None)
-    return [optimizer, inner] if isinstance(inner, torch.optim.Optimizer) else [optimizer]
+    inner = [getattr(optimizer, name, None) for name in ("optimizer", "optim")]
+    return [optimizer, *(o for o in inner if isinstance(o, torch.optim.Optimizer) and o is not optimizer)]
 
 
 def _optimizer_kind(optimizer: torch.optim.Optimizer) -> str | None:

@@ -117,7 +117,8 @@ class MemoryMeter(pl.Callback):
         flat = [m._flat_param for m in units if m._flat_param is not None]
         params = flat if flat else list(pl_module.parameters())
         grads = [p.grad for p in params if p.grad is not None]
-        state = [v for s in trainer.optimizers[0].state.values() for v in s.values() if torch.is_tensor(v)]
+        states = [s for s in trainer.optimizers[0].state.values() if isinstance(s, dict)]  # ZeRO: None entries
+        state = [v for s in states for v in s.values() if torch.is_tensor(v)]
         self.by_depth[scheduler.curr_depth] = {
             "params": sum(_local(t).nbytes for t in params),
             "grads": sum(_local(t).nbytes for t in grads),
