@@ -111,10 +111,8 @@ def rank_bytes(layout: Layout, params: Sequence[ParamShape], groups: Sequence[Se
     return _offloaded(layout, RankBytes(weights, partitions * FP32, masters, state, gather))
 
 
-def transition_bytes(
-    layout: Layout, params: Sequence[ParamShape], kept: Sequence[Sequence[str]], added: Sequence[str]
-) -> int:
-    """The extra peak a transition that keeps the groups ``kept`` and adds ``added`` holds above the rank's state
+def transition_bytes(layout: Layout, params: Sequence[ParamShape], kept: Sequence[Sequence[str]]) -> int:
+    """The extra peak a transition that keeps the groups ``kept`` holds above the rank's state
     after it (as measured in BENCHMARKS.md (i)): ZeRO 1/2 build each kept group's fp32 partition anew beside the old
     one (its state is handed over); the other strategies allocate nothing at a transition beyond the new group's
     steady state (optimizers create state lazily, at the first step)."""

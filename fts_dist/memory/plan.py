@@ -82,15 +82,13 @@ def plan_memory(
     strategy: str,
     world_size: int,
     *,
-    zero_stage: int | None = None,
-    offload: bool = False,
-    precision: str = "32-true",
-    optimizer: str = "adamw",
-    budget: int | str | None = None,
     unit_classes: Sequence[str] = (),
+    **options: Any,
 ) -> MemoryPlan:
     """Plan the bytes per rank of every phase of ``schedule`` for ``model`` (built on any device; the meta device
     allocates nothing) under ``strategy`` (``ddp``, ``fsdp2``, ``fsdp1`` or ``deepspeed`` with ``zero_stage``).
+    ``unit_classes`` name the module classes FSDP wraps (default: the repeated blocks); ``options`` are
+    :func:`plan_from_shapes`' (``zero_stage``, ``offload``, ``precision``, ``optimizer``, ``budget``).
 
     Example::
 
@@ -104,10 +102,7 @@ def plan_memory(
     named = list(model.named_parameters())
     units = _unit_of(model, [name for name, _ in named], unit_classes)
     shapes = [ParamShape(name, tuple(p.shape), units.get(name, "")) for name, p in named]
-    return plan_from_shapes(
-        schedule, shapes, strategy, world_size, zero_stage=zero_stage, offload=offload, precision=precision,
-        optimizer=optimizer, budget=budget,
-    )  # fmt: skip
+    return plan_from_shapes(schedule, shapes, strategy, world_size, **options)
 
 
 def plan_from_shapes(
@@ -138,12 +133,12 @@ def plan_from_shapes(
         shapes = [ParamShape(s.name, s.shape, units.get(s.name, "")) for s in shapes]
     resolved = load_schedule(schedule, names)
     phases, host = [], []
-    for depth, phase in enumerate(resolved.schedule.phases):
+    for depth in range(len(resolved.schedule.phases)):
         trainable = set(resolved.schedule.trainable_at(depth))
         groups = [[n for n in p.params if n in trainable] for p in resolved.schedule.phases[: depth + 1]]
         held = rank_bytes(layout, shapes, groups)
         kept = [[n for n in p.params if n in trainable] for p in resolved.schedule.phases[:depth]]
-        transition = transition_bytes(layout, shapes, kept, phase.params) if depth else 0
+        transition = transition_bytes(layout, shapes, kept) if depth else 0
         numel = sum(s.numel for s in shapes if s.name in trainable)
         phases.append(PhasePlan(depth, numel, _bytes(held, transition)))
         host.append(held.host)
@@ -165,7 +160,7 @@ def fit_to_budget(schedule: dict[int, dict[str, Any]], plan: MemoryPlan) -> tupl
             phase=0,
             key="memory_budget",
         )
-    kept = {depth: phase for depth, phase in schedule.items() if int(depth) < over.phase}
+    kept = {depth: dict(phase) for depth, phase in schedule.items() if int(depth) < over.phase}  # the caller's stay
     last = kept[max(kept, key=int)]
     last.pop("max_transition_epoch", None)  # the last phase runs to the end of training
     return kept, (

@@ -141,25 +141,6 @@ def rebuild_zero_optimizer(
     return engine.optimizer
 
 
-def snapshot_bytes(engine: Any, groups: Sequence[dict[str, Any]]) -> int:
-    """Bytes a rebuild over ``groups`` would copy to the host before the new optimizer is built: the kept groups that
-    changed members, per parameter (whole under ZeRO 1/2, this rank's partitions under ZeRO-3). Kept groups with
-    unchanged members are handed over and copy nothing."""
-    old_groups = group_parameters(engine)
-    stage, basic = zero_stage(engine), engine.optimizer.optimizer
-    entries = {group: 1 + sum(1 for v in basic.state.get(flat, {}).values() if torch.is_tensor(v) and v.dim() > 0)
-               for group, flat in flat_partitions(engine)}  # fmt: skip
-    total = 0
-    for index, group in enumerate(groups[: len(old_groups)]):
-        if _ids_in_order(group["params"]) == _ids_in_order(old_groups[index]):
-            continue
-        keep = {id(p) for p in group["params"]}
-        for param in (p for p in old_groups[index] if id(p) in keep):
-            numel = param.ds_tensor.numel() if stage == 3 else param.numel()  # type: ignore[attr-defined]
-            total += 4 * numel * entries.get(index, 1)
-    return total
-
-
 def relink_after_load(engine: Any) -> None:
     """After ``engine.load_checkpoint``: stage 1/2 re-link their parameter mappings but not the optimizer state's
     (the "linked" flag stays set), so the state accessors fail (``TypeError: argument of type 'NoneType' is not
