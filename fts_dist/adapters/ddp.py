@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import weakref
 from collections.abc import Sequence
-from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -33,10 +32,6 @@ class DDPAdapter(DistributedAdapter):
     """
 
     serves = DDPStrategy
-
-    @override
-    def memory_layout(self) -> dict[str, Any] | None:
-        return {"strategy": "ddp"}
 
     def __init__(self, strategy: pl.strategies.Strategy) -> None:
         super().__init__(strategy)

@@ -83,6 +83,13 @@ def add_plan_options(parser: Any, required: bool = False) -> None:
     group.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "bf16-true"])
     group.add_argument("--optimizer", default="adamw", choices=["adamw", "adam", "sgd"])
     group.add_argument("--units", help="comma-separated module classes FSDP wraps (default: the repeated blocks)")
+    group.add_argument(
+        "--batch-shape", metavar="SHAPE", help="one rank's micro-batch, e.g. 8x2048: trace each phase's activations"
+    )
+    group.add_argument("--batch-dtype", default="float32", help="the batch's dtype (int64 for token ids)")
+    group.add_argument(
+        "--deepspeed-config", metavar="JSON", help="a DeepSpeed config: its zero_optimization buckets (and stage)"
+    )
 
 
 def _run_schedule_command(args: argparse.Namespace) -> int:

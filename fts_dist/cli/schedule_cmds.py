@@ -18,12 +18,41 @@ def plan(args: Any, schedule: Any = None, budget: str | None = None) -> Any:
 
     with meta_device():
         model = build_model(args.model, args.init_args)
+        batch = _batch(args.batch_shape, args.batch_dtype) if args.batch_shape else None
     units = [u for u in (args.units or "").split(",") if u]
+    zero = _zero_config(args.deepspeed_config) if args.deepspeed_config else {}
+    offload = args.offload or (zero.get("offload_optimizer") or {}).get("device") == "cpu"
     return plan_memory(
         args.schedule if schedule is None else schedule, model, args.strategy, args.world_size,
-        zero_stage=args.zero_stage, offload=args.offload, precision=args.precision, optimizer=args.optimizer,
-        budget=budget or getattr(args, "budget", None), unit_classes=units,
+        zero_stage=args.zero_stage or zero.get("stage"), offload=offload, precision=args.precision,
+        optimizer=args.optimizer, budget=budget or getattr(args, "budget", None), unit_classes=units, batch=batch,
+        zero=zero or None,
     )  # fmt: skip
+
+
+def _batch(shape: str, dtype_name: str) -> Any:
+    """``8x2048`` (or ``8,2048``) and ``int64`` as an empty tensor (built on the meta device)."""
+    import torch
+
+    dtype = getattr(torch, dtype_name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise FTSConfigError(f"--batch-dtype {dtype_name!r} is not a torch dtype; write e.g. int64 or float32.")
+    try:
+        sizes = [int(size) for size in shape.replace(",", "x").split("x")]
+    except ValueError:
+        raise FTSConfigError(f"--batch-shape {shape!r}: write the sizes as e.g. 8x2048.", key="batch_shape") from None
+    return torch.empty(sizes, dtype=dtype)
+
+
+def _zero_config(path: str) -> dict[str, Any]:
+    """The ``zero_optimization`` section of a DeepSpeed config file."""
+    import json
+
+    try:
+        section = json.loads(Path(path).read_text()).get("zero_optimization", {})
+    except (OSError, ValueError) as err:
+        raise FTSConfigError(f"--deepspeed-config {path}: {err}", key="deepspeed_config") from err
+    return dict(section)
 
 
 def check_budget(args: Any) -> list[str]:

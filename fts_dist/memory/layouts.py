@@ -12,9 +12,12 @@ Each strategy's layout is modelled as the code this project runs measures it (te
   gradient shard (pytorch issue 104690), while optimizer state covers only the trainable parameters' elements
   within the rank's shard;
 - ZeRO 1/2 keep the module's weights whole on every rank and partition each optimizer group (padded to an
-  alignment) into fp32 masters and optimizer state; ZeRO-1 keeps whole gradients, ZeRO-2 partitioned ones;
-- ZeRO-3 partitions every parameter (``ceil(numel / world)`` elements a rank), its fp32 master (none of its own when
-  the weights are fp32 already), gradients (fp32) and optimizer state.
+  alignment) into fp32 masters and optimizer state; ZeRO-1 keeps whole gradients, ZeRO-2 partitioned ones; with
+  contiguous gradients, each rank holds the reduce bucket (twice when communication overlaps backward);
+- ZeRO-3 partitions every parameter (``ceil(numel / world)`` elements a rank) but keeps those at or under the
+  persistence threshold whole as well, its fp32 master (none of its own when the weights are fp32 already), gradients
+  (fp32) and optimizer state; it holds one reduce bucket and the parameters it gathers (the largest module's and the
+  prefetch bucket).
 
 A rank's figure is the largest over the ranks (rank 0 holds the first, largest, shards).
 """
@@ -23,7 +26,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 STRATEGIES = ("ddp", "fsdp2", "fsdp1", "zero1", "zero2", "zero3")
 OPTIMIZER_MOMENTS = {"adamw": 2, "adam": 2, "sgd": 1, "sgd-plain": 0}  # state tensors per parameter
@@ -44,6 +48,31 @@ class ParamShape:
 
 
 @dataclass(frozen=True)
+class ZeroBuckets:
+    """DeepSpeed's communication buffers (sizes in elements). The defaults are Lightning's ``DeepSpeedStrategy``
+    arguments (``strategy="deepspeed_stage_2"``); :meth:`from_config` reads a DeepSpeed config's
+    ``zero_optimization`` section with DeepSpeed's own defaults."""
+
+    reduce_bucket_size: int = 200_000_000
+    overlap_comm: bool = True
+    contiguous_gradients: bool = True
+    prefetch_bucket_size: int = 50_000_000  # ZeRO-3
+    param_persistence_threshold: int = 100_000  # ZeRO-3: parameters this small stay whole on every rank
+
+    @classmethod
+    def from_config(cls, zero_optimization: dict[str, Any]) -> ZeroBuckets:
+        stage = int(zero_optimization.get("stage", 0))
+        overlap = zero_optimization.get("overlap_comm")
+        return cls(
+            reduce_bucket_size=int(zero_optimization.get("reduce_bucket_size", 500_000_000)),
+            overlap_comm=stage == 3 if overlap is None else bool(overlap),
+            contiguous_gradients=bool(zero_optimization.get("contiguous_gradients", True)),
+            prefetch_bucket_size=int(zero_optimization.get("stage3_prefetch_bucket_size", 50_000_000)),
+            param_persistence_threshold=int(zero_optimization.get("stage3_param_persistence_threshold", 100_000)),
+        )
+
+
+@dataclass(frozen=True)
 class Layout:
     """How a run holds its parameters: the strategy, world size, bytes per weight element, optimizer."""
 
@@ -53,6 +82,7 @@ class Layout:
     optimizer: str = "adamw"
     offload: bool = False  # ZeRO: fp32 masters and optimizer state in host memory
     zero_alignment: int = 2  # elements: DeepSpeed pads each group to a multiple of alignment x world
+    zero: ZeroBuckets = field(default_factory=ZeroBuckets)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -98,17 +128,23 @@ def rank_bytes(layout: Layout, params: Sequence[ParamShape], groups: Sequence[Se
     if kind == "fsdp1":
         return _fsdp1(layout, params, trainable, moments, steps)
     group_numels = [sum(by_name[name].numel for name in group) for group in groups if group]
+    zero = layout.zero
+    reduce_bucket = zero.reduce_bucket_size * width if zero.contiguous_gradients else 0
     if kind in ("zero1", "zero2"):
         partitions = sum(_ceil_to(numel, layout.zero_alignment * world) // world for numel in group_numels)
         grads = sum(p.numel for p in train) * width if kind == "zero1" else partitions * width
         state = partitions * FP32 * moments + FP32 * len(group_numels)
-        return _offloaded(layout, RankBytes(_numel(params) * width, grads, partitions * FP32, state, 0))
+        buckets = reduce_bucket * (2 if zero.overlap_comm else 1)
+        return _offloaded(layout, RankBytes(_numel(params) * width, grads, partitions * FP32, state, buckets))
     partitions = sum(math.ceil(p.numel / world) for p in train)  # zero3
     masters = 0 if width == FP32 else partitions * FP32  # fp32 weights are their own masters
     state = partitions * FP32 * moments + FP32 * len(group_numels)
-    gather = max((p.numel for p in params), default=0) * width
-    weights = sum(math.ceil(p.numel / world) for p in params) * width
-    return _offloaded(layout, RankBytes(weights, partitions * FP32, masters, state, gather))
+    persistent = [p for p in params if p.numel <= zero.param_persistence_threshold]
+    weights = (sum(math.ceil(p.numel / world) for p in params) + _numel(persistent)) * width
+    gathered = _numel(params) - _numel(persistent)
+    largest_module = max((_numel(m) for m in _modules(params).values()), default=0)
+    gather = min(gathered, largest_module + zero.prefetch_bucket_size) * width
+    return _offloaded(layout, RankBytes(weights, partitions * FP32, masters, state, reduce_bucket + gather))
 
 
 def transition_bytes(layout: Layout, params: Sequence[ParamShape], kept: Sequence[Sequence[str]]) -> int:
@@ -163,6 +199,14 @@ def _units(params: Sequence[ParamShape]) -> dict[str, list[ParamShape]]:
     for p in params:
         units.setdefault(p.unit, []).append(p)
     return units
+
+
+def _modules(params: Sequence[ParamShape]) -> dict[str, list[ParamShape]]:
+    """Parameters by the module that holds them directly (what ZeRO-3 gathers together)."""
+    modules: dict[str, list[ParamShape]] = {}
+    for p in params:
+        modules.setdefault(p.name.rpartition(".")[0], []).append(p)
+    return modules
 
 
 def _numel(params: Sequence[ParamShape]) -> int:

@@ -4,7 +4,9 @@ The model is built on the meta device (no weight is allocated: a 70B model plans
 resolved against its parameter names exactly as the callback resolves it, and each phase's trainable set (its own
 parameters and every earlier phase's, less any frozen again) is laid out as the strategy lays it out
 (:mod:`fts_dist.memory.layouts`). Sharding that a module applies in ``configure_model`` is modelled, not run: FSDP
-units are the model's repeated blocks (or the module classes given), the rest is the root unit.
+units are the model's repeated blocks (or the module classes given), the rest is the root unit. Given a batch, each
+phase's activations are traced (:mod:`fts_dist.memory.activations`); a phase's peak is its model states plus the
+larger of its activations and its transition's extra peak (a transition runs between steps).
 """
 
 from __future__ import annotations
@@ -19,7 +21,16 @@ from typing import Any
 import torch
 
 from fts_dist.errors import FTSConfigError
-from fts_dist.memory.layouts import STRATEGIES, Layout, ParamShape, RankBytes, rank_bytes, transition_bytes
+from fts_dist.memory.activations import Step, trace_activations
+from fts_dist.memory.layouts import (
+    STRATEGIES,
+    Layout,
+    ParamShape,
+    RankBytes,
+    ZeroBuckets,
+    rank_bytes,
+    transition_bytes,
+)
 from fts_dist.schedule import ScheduleSource, find_blocks, load_schedule
 
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true")
@@ -62,7 +73,7 @@ class MemoryPlan:
 
     def describe(self) -> str:
         """A table per phase, the binding phase and its headroom, and the assumptions."""
-        keys = ["params", "grads", "masters", "optimizer_state", "buffers", "transition", "total"]
+        keys = ["params", "grads", "masters", "optimizer_state", "buffers", "activations", "transition", "total"]
         lines = ["| phase | trainable | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 2)]
         for plan in self.phases:
             cells = [format_bytes(plan.bytes_per_rank[k]) for k in keys]
@@ -83,12 +94,17 @@ def plan_memory(
     world_size: int,
     *,
     unit_classes: Sequence[str] = (),
+    batch: Any = None,
+    step: Step | None = None,
     **options: Any,
 ) -> MemoryPlan:
     """Plan the bytes per rank of every phase of ``schedule`` for ``model`` (built on any device; the meta device
     allocates nothing) under ``strategy`` (``ddp``, ``fsdp2``, ``fsdp1`` or ``deepspeed`` with ``zero_stage``).
-    ``unit_classes`` name the module classes FSDP wraps (default: the repeated blocks); ``options`` are
-    :func:`plan_from_shapes`' (``zero_stage``, ``offload``, ``precision``, ``optimizer``, ``budget``).
+    ``unit_classes`` name the module classes FSDP wraps (default: the repeated blocks). With ``batch`` (one rank's
+    micro-batch: a tensor, or a tuple, list or dict of them, e.g. on the meta device), each phase's activations are
+    traced through ``step(model, batch)`` (default: the forward; see :func:`~fts_dist.memory.activations.
+    trace_activations`). ``options`` are :func:`plan_from_shapes`' (``zero_stage``, ``offload``, ``precision``,
+    ``optimizer``, ``budget``, ``zero``).
 
     Example::
 
@@ -102,7 +118,25 @@ def plan_memory(
     named = list(model.named_parameters())
     units = _unit_of(model, [name for name, _ in named], unit_classes)
     shapes = [ParamShape(name, tuple(p.shape), units.get(name, "")) for name, p in named]
-    return plan_from_shapes(schedule, shapes, strategy, world_size, **options)
+    if batch is None:
+        return plan_from_shapes(schedule, shapes, strategy, world_size, **options)
+    precision = options.get("precision", "32-true")
+    half = precision == "bf16-true" or (precision == "bf16-mixed" and _strategy_kind(strategy, options.get(
+        "zero_stage")).startswith("zero"))  # fmt: skip
+    resolved = load_schedule(schedule, [name for name, _ in named])
+    trainable = [resolved.schedule.trainable_at(d) for d in range(len(resolved.schedule.phases))]
+    try:
+        activations = trace_activations(
+            model, batch, trainable, dtype=torch.bfloat16 if half else torch.float32,
+            autocast=torch.bfloat16 if precision == "bf16-mixed" and not half else None, step=step,
+        )  # fmt: skip
+    except Exception as err:
+        raise FTSConfigError(
+            f"could not trace activations for the batch given ({err}). Check the batch's shape and dtype against "
+            "the model's forward, or plan without a batch.",
+            key="batch_shape",
+        ) from err
+    return plan_from_shapes(schedule, shapes, strategy, world_size, activations=activations, **options)
 
 
 def plan_from_shapes(
@@ -116,9 +150,12 @@ def plan_from_shapes(
     precision: str = "32-true",
     optimizer: str = "adamw",
     budget: int | str | None = None,
+    zero: ZeroBuckets | dict[str, Any] | None = None,
+    activations: Sequence[int] | None = None,
 ) -> MemoryPlan:
     """:func:`plan_memory` over parameter shapes (in ``named_parameters()`` order); shapes without a unit are given
-    the model's repeated blocks as FSDP units."""
+    the model's repeated blocks as FSDP units. ``zero``: DeepSpeed's buckets, or a config's ``zero_optimization``
+    section (default: Lightning's ``DeepSpeedStrategy`` arguments); ``activations``: bytes per phase, traced."""
     kind = _strategy_kind(strategy, zero_stage)
     if precision not in PRECISIONS:
         raise FTSConfigError(f"precision {precision!r} is not one of {PRECISIONS}.", key="precision")
@@ -126,7 +163,8 @@ def plan_from_shapes(
         raise FTSConfigError(f"world size must be at least 1, got {world_size}.", key="world_size")
     deepspeed = kind.startswith("zero")
     half = precision == "bf16-true" or (deepspeed and precision == "bf16-mixed")
-    layout = Layout(kind, world_size, 2 if half else 4, optimizer, offload and deepspeed)
+    buckets = ZeroBuckets.from_config(zero) if isinstance(zero, dict) else zero or ZeroBuckets()
+    layout = Layout(kind, world_size, 2 if half else 4, optimizer, offload and deepspeed, zero=buckets)
     names = [s.name for s in shapes]
     if not any(s.unit for s in shapes):
         units = _unit_of(None, names, ())
@@ -140,10 +178,12 @@ def plan_from_shapes(
         kept = [[n for n in p.params if n in trainable] for p in resolved.schedule.phases[:depth]]
         transition = transition_bytes(layout, shapes, kept) if depth else 0
         numel = sum(s.numel for s in shapes if s.name in trainable)
-        phases.append(PhasePlan(depth, numel, _bytes(held, transition)))
+        traced = None if activations is None else activations[depth]
+        phases.append(PhasePlan(depth, numel, _bytes(held, transition, traced)))
         host.append(held.host)
     limit = parse_bytes(budget) if budget is not None else None
-    return MemoryPlan(phases, world_size, strategy_label(kind), _assumptions(layout, precision), limit, host)
+    notes = _assumptions(layout, precision, activations is not None)
+    return MemoryPlan(phases, world_size, strategy_label(kind), notes, limit, host)
 
 
 def fit_to_budget(schedule: dict[int, dict[str, Any]], plan: MemoryPlan) -> tuple[dict[int, dict[str, Any]], str]:
@@ -247,24 +287,29 @@ def _unit_of(model: torch.nn.Module | None, names: list[str], unit_classes: Sequ
     return units
 
 
-def _bytes(held: RankBytes, transition: int) -> dict[str, int | None]:
+def _bytes(held: RankBytes, transition: int, activations: int | None) -> dict[str, int | None]:
     return {
         "params": held.params,
         "grads": held.grads,
         "masters": held.masters,
         "optimizer_state": held.optimizer_state,
         "buffers": held.buffers,
-        "activations": None,
+        "activations": activations,
         "transition": transition,
-        "total": held.total + transition,
+        "total": held.total + max(transition, activations or 0),
     }
 
 
-def _assumptions(layout: Layout, precision: str) -> list[str]:
+def _assumptions(layout: Layout, precision: str, traced: bool) -> list[str]:
     notes = [
         f"{layout.strategy} on {layout.world_size} rank(s), {precision}, {layout.optimizer}: weights "
         f"{layout.param_bytes} bytes per element; optimizer state per trainable element as the optimizer keeps it",
-        "activations are not traced (null): add what the batch needs on top",
+        "activations: what one step saves for backward, traced per phase with fake tensors (the frozen prefix saves "
+        "none); allocator slack and the backward's transient buffers are not counted"
+        if traced
+        else "activations are not traced (null): give a batch shape, or add what the batch needs on top",
+        "total: model states plus the larger of activations and the transition's extra peak (a transition runs "
+        "between steps, when no activation is held)",
         "the most loaded rank is reported (rank 0 holds the first, largest, shards)",
     ]
     if layout.strategy in ("fsdp2", "fsdp1"):
@@ -275,8 +320,19 @@ def _assumptions(layout: Layout, precision: str) -> list[str]:
             "buffers: DDP's gradient buckets, as large as the trainable gradients (gradient_as_bucket_view=False)"
         )
     if layout.strategy.startswith("zero"):
-        notes.append(f"ZeRO pads each optimizer group to a multiple of {layout.zero_alignment} x world elements; "
-                     "communication buckets are not counted")  # fmt: skip
+        zero = layout.zero
+        notes.append(f"ZeRO pads each optimizer group to a multiple of {layout.zero_alignment} x world elements")
+        notes.append(
+            f"buffers: DeepSpeed's reduce bucket of {zero.reduce_bucket_size:,} elements"
+            + (" (twice: overlap_comm)" if zero.overlap_comm and layout.strategy != "zero3" else "")
+            + ("" if zero.contiguous_gradients else ", not held: contiguous_gradients is off")
+            + (
+                f"; the largest module's parameters and the {zero.prefetch_bucket_size:,}-element prefetch bucket "
+                f"gathered; parameters of at most {zero.param_persistence_threshold:,} elements held whole"
+                if layout.strategy == "zero3"
+                else ""
+            )
+        )
     if layout.offload:
         notes.append("optimizer offload: fp32 masters and optimizer state live in host memory (host_bytes_per_rank)")
     return notes

@@ -66,12 +66,23 @@ def launch(
     return Run(proc.returncode, proc.stdout + proc.stderr, out_dir)
 
 
-def assert_memory_as_planned(run: Run, depths: list[int], rel: float = 0.05) -> None:
+def assert_memory_as_planned(
+    run: Run, depths: list[int], keys: tuple[str, ...] = ("params", "grads", "optimizer_state"), rel: float = 0.05
+) -> None:
     """The plan ``fts_dist.memory`` made before launch (the most loaded rank's bytes) against the most each rank held
-    after a phase's last optimizer step: parameters, gradients and optimizer state."""
+    after a phase's last optimizer step (``keys``: model states within ``rel``; ``host``: ZeRO offload's masters and
+    state), and against what its training step saved for backward (activations, traced: within 15%)."""
     ranks = [run.rank(r) for r in (0, 1)]
     for depth in depths:
         planned = ranks[0]["plan"][depth]
-        for key in ("params", "grads", "optimizer_state"):
-            measured = max(rank["memory"][depth][key] for rank in ranks)
+        for key in keys:
+            measured = max(_held(rank["memory"][depth], key) for rank in ranks)
             assert measured == pytest.approx(planned[key], rel=rel), f"phase {depth} {key}: {measured} vs {planned}"
+        measured = max(rank["memory"][depth]["activations"] for rank in ranks)
+        assert measured == pytest.approx(planned["activations"], rel=0.15), f"phase {depth} activations: {measured}"
+    activations = [ranks[0]["memory"][depth]["activations"] for depth in depths]
+    assert activations == sorted(activations) and len(set(activations)) == len(depths)  # deeper phases save more
+
+
+def _held(memory: dict[str, int], key: str) -> int:
+    return memory["masters"] + memory["optimizer_state"] if key == "host" else memory[key]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.distributed.launch import TIMEOUT_S, Run, free_port, launch
+from tests.distributed.launch import TIMEOUT_S, Run, assert_memory_as_planned, free_port, launch
 from tests.distributed.test_sharded_2proc import (
     REFREEZE,
     STALE_DEPTHS,
@@ -51,6 +51,9 @@ def test_zero1_carries_every_group_across_transitions_and_reinitialises_optimize
     assert reference.returncode == 0, reference.output[-3000:]
     assert_matches(run, reference.reference(), [0, 1, 1, 2, 2])
     assert run.rank(0)["lr_schedulers"] == ["CosineAnnealingLR"]
+    # the plan made before launch: whole weights, fp32 partitions, DeepSpeed's reduce bucket (5e8 elements, its
+    # default where a config names none), and what each phase's step saved for backward
+    assert_memory_as_planned(run, [0, 1, 2], keys=("params", "masters", "buffers"))
 
 
 @pytest.mark.parametrize("stage", [("zero2",), ("zero3", "--offload")], ids=["zero2", "zero3-offload"])
@@ -78,6 +81,7 @@ def test_adamw_moments_and_step_counts_survive_every_rebuild_with_offload(tmp_pa
     assert reference.returncode == 0, reference.output[-3000:]
     assert_matches(run, reference.reference(), STALE_DEPTHS)
     assert run.rank(0)["optimizer"] == "DeepSpeedZeroOptimizer"
+    assert_memory_as_planned(run, [0, 1, 2], keys=("params", "host", "buffers"))  # offload: masters and state on host
 
 
 def test_a_kill_mid_write_keeps_the_last_deepspeed_checkpoint_and_the_resume_matches(

@@ -11,7 +11,8 @@ from torch import nn
 
 from fts_dist.errors import FTSConfigError
 from fts_dist.memory import Layout, ParamShape, fit_to_budget, meta_device, over_budget, parse_bytes, plan_memory
-from fts_dist.memory.layouts import rank_bytes
+from fts_dist.memory.activations import SavedTensors
+from fts_dist.memory.layouts import ZeroBuckets, rank_bytes
 
 # a 5 x 4 weight and a bias of 5 in unit "a"; a 3 x 4 weight in unit "b"
 PARAMS = [ParamShape("a.w", (5, 4), "a"), ParamShape("a.b", (5,), "a"), ParamShape("b.w", (3, 4), "b")]
@@ -43,9 +44,17 @@ def test_zero_stages_partition_what_they_promise() -> None:
     # groups of 25 and 12 elements, padded to multiples of 4 (alignment 2 x world 2): 28 / 2 + 12 / 2 = 20 a rank
     assert one.params == two.params == 37 * 4 and one.masters == two.masters == 20 * 4
     assert one.grads == 37 * 4 and two.grads == 20 * 4  # ZeRO-1 keeps whole gradients, ZeRO-2 partitions them
-    three = rank_bytes(Layout("zero3", 2), PARAMS, [["b.w"]])
-    assert three.params == (10 + 3 + 6) * 4 and three.masters == 0  # fp32 weights are their own masters
+    assert one.buffers == two.buffers == 2 * 200_000_000 * 4  # the reduce bucket, twice (overlap_comm)
+    sharded = ZeroBuckets(reduce_bucket_size=10, param_persistence_threshold=5, prefetch_bucket_size=3)
+    three = rank_bytes(Layout("zero3", 2, zero=sharded), PARAMS, [["b.w"]])
+    # partitions 10 + 3 + 6, and a.b (5 elements, at the persistence threshold) whole besides its partition
+    assert three.params == (10 + 3 + 6 + 5) * 4 and three.masters == 0  # fp32 weights are their own masters
+    # the reduce bucket, and module a's 25 elements with the 3-element prefetch bucket, of 32 gathered
+    assert three.buffers == (10 + 25 + 3) * 4
     assert rank_bytes(Layout("zero3", 2, param_bytes=2), PARAMS, [["b.w"]]).masters == 6 * 4
+    config = ZeroBuckets.from_config({"stage": 2, "reduce_bucket_size": 100, "contiguous_gradients": False})
+    assert config == ZeroBuckets(100, overlap_comm=False, contiguous_gradients=False)  # DeepSpeed's own defaults
+    assert rank_bytes(Layout("zero2", 2, zero=config), PARAMS, [["b.w"]]).buffers == 0
     offloaded = rank_bytes(Layout("zero2", 2, offload=True), PARAMS, [["b.w"]])
     assert offloaded.masters == offloaded.optimizer_state == 0 and offloaded.host == 6 * 4 + 6 * 8 + 4
 
@@ -67,6 +76,58 @@ def test_each_phase_counts_what_trains_then_and_a_refrozen_phase_drops_out() -> 
     assert set(form["phases"][0]["bytes_per_rank"]) == {
         "params", "grads", "masters", "optimizer_state", "buffers", "activations", "transition", "total"
     }  # fmt: skip
+
+
+class Gelu(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.LayerNorm(16), nn.Dropout(0.1), nn.Linear(16, 16))
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x).relu())
+
+
+GELU_SCHEDULE = {0: {"params": ["head.*"]}, 1: {"params": ["body.4.*"]}, 2: {"params": ["body.[0-2].*"]}}
+
+
+def measured_activations(precision: str) -> list[int]:
+    """What a real CPU forward saves for backward in each phase of GELU_SCHEDULE."""
+    torch.manual_seed(0)
+    model, x = Gelu(), torch.randn(6, 8)
+    if precision == "bf16-true":
+        model, x = model.bfloat16(), x.bfloat16()
+    measured = []
+    for trainable in (["head."], ["head.", "body.4."], ["head.", "body."]):
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.startswith(tuple(trainable)))
+        with SavedTensors() as saved, torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16-mixed"):
+            model(x).sum().backward()
+        measured.append(saved.nbytes)
+    return measured
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "bf16-true"])
+def test_activations_traced_on_the_meta_device_match_a_real_forward_and_a_frozen_prefix_saves_less(
+    precision: str,
+) -> None:
+    with meta_device():
+        model, batch = Gelu(), torch.empty(6, 8)
+    plan = plan_memory(GELU_SCHEDULE, model, "ddp", 1, batch=batch, precision=precision)
+    traced = [p.bytes_per_rank["activations"] for p in plan.phases]
+    measured = measured_activations(precision)
+    assert traced == pytest.approx(measured, rel=0.15)
+    assert measured[0] < measured[1] < measured[2]  # each thawed layer saves its input, and what lies above it
+    states = plan.phases[2].bytes_per_rank
+    assert states["total"] == sum(states[k] for k in ("params", "grads", "optimizer_state", "buffers")) + traced[2]
+    assert any("traced per phase" in note for note in plan.assumptions)
+
+
+def test_an_untraceable_batch_is_named_before_any_training() -> None:
+    with meta_device():
+        model = Gelu()
+    with pytest.raises(FTSConfigError, match="could not trace activations"):
+        plan_memory(GELU_SCHEDULE, model, "ddp", 1, batch=torch.empty(6, 5, device="meta"))
 
 
 def test_zero_transitions_cost_a_new_partition_of_the_kept_groups() -> None:
@@ -110,8 +171,11 @@ def test_a_70b_llama_shape_plans_from_the_meta_device() -> None:
         model = LlamaLike(**LLAMA_70B)
     assert all(p.device.type == "meta" for p in model.parameters())
     schedule = {0: {"params": [r"model\.lm_head\..*"]}, 1: {"params": [r"model\.model\.layers\.79\..*"]}}
-    plan = plan_memory(schedule, model, "fsdp2", 16, precision="bf16-mixed", budget="80GiB")
+    tokens = torch.empty(1, 256, dtype=torch.long, device="meta")
+    plan = plan_memory(schedule, model, "fsdp2", 16, precision="bf16-mixed", budget="80GiB", batch=tokens)
     total = sum(p.numel() for p in model.parameters())
+    head, top = (p.bytes_per_rank["activations"] or 0 for p in plan.phases)
+    assert 0 < head < top  # training the head saves its input; thawing the top layer saves that layer's inputs too
     assert 70e9 < total < 71e9
     assert plan.phases[0].bytes_per_rank["params"] == pytest.approx(total * 4 / 16, rel=0.01)
     assert plan.fits(1)

@@ -150,7 +150,8 @@ class DeepSpeedAdapter(DistributedAdapter):
         config: dict[str, Any] = getattr(self.strategy, "config", None) or {}
         zero = config.get("zero_optimization", {})
         offload = (zero.get("offload_optimizer") or {}).get("device") == "cpu"
-        return {"strategy": "deepspeed", "zero_stage": int(zero.get("stage", 0)) or None, "offload": offload}
+        stage = int(zero.get("stage", 0)) or None
+        return {"strategy": "deepspeed", "zero_stage": stage, "offload": offload, "zero": zero}
 
     @override
     def unused_parameters_are_fatal(self) -> bool:

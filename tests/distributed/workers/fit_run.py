@@ -26,7 +26,9 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from fts_dist import DeepSpeedStrategy, FinetuningScheduler, FSDPStrategy, FTSCheckpoint, FTSEarlyStopping
 from fts_dist.adapters import StrategyAdapter, register_adapter
+from fts_dist.adapters.deepspeed import engine as zero_engine
 from fts_dist.memory import meta_device, plan_memory
+from fts_dist.memory.activations import SavedTensors
 from tests.distributed.sharded_modules import (
     DeepSpeedRecorder,
     PerRankReference,
@@ -106,24 +108,76 @@ class RecordDDPWrapper(pl.Callback):
 
 class MemoryMeter(pl.Callback):
     """Bytes this rank holds after each phase's last optimizer step: parameters, gradients and optimizer state (a
-    DTensor's local part; FSDP1's flat parameters), to hold the memory plan made before launch against."""
+    DTensor's local part; FSDP1's flat parameters; under ZeRO its fp32 partitions, their state and its reduce
+    buckets), and what each phase's training step saved for backward, to hold the memory plan made before launch
+    against."""
 
     def __init__(self) -> None:
         self.by_depth: dict[int, dict[str, int]] = {}
+        self._saved: SavedTensors | None = None
+        self._activations = 0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        self._saved = SavedTensors().__enter__()  # counts the step's forward and loss, up to the backward
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        if self._saved is not None:
+            self._saved.__exit__(None, None, None)
+            self._activations, self._saved = self._saved.nbytes, None
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         scheduler = next(c for c in trainer.callbacks if isinstance(c, FinetuningScheduler))
-        units = FullyShardedDataParallel.fsdp_modules(trainer.strategy.model)
-        flat = [m._flat_param for m in units if m._flat_param is not None]
-        params = flat if flat else list(pl_module.parameters())
-        grads = [p.grad for p in params if p.grad is not None]
-        states = [s for s in trainer.optimizers[0].state.values() if isinstance(s, dict)]  # ZeRO: None entries
-        state = [v for s in states for v in s.values() if torch.is_tensor(v)]
-        self.by_depth[scheduler.curr_depth] = {
-            "params": sum(_local(t).nbytes for t in params),
-            "grads": sum(_local(t).nbytes for t in grads),
-            "optimizer_state": sum(_local(t).nbytes for t in state),
-        }
+        held = {"activations": self._activations}
+        if isinstance(trainer.strategy, DeepSpeedStrategy):
+            held.update(zero_held(trainer.strategy.model))
+        else:
+            held.update(module_held(trainer, pl_module))
+        self.by_depth[scheduler.curr_depth] = held
+
+
+def module_held(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, int]:
+    units = FullyShardedDataParallel.fsdp_modules(trainer.strategy.model)
+    flat = [m._flat_param for m in units if m._flat_param is not None]
+    params = flat if flat else list(pl_module.parameters())
+    grads = [p.grad for p in params if p.grad is not None]
+    states = [s for s in trainer.optimizers[0].state.values() if isinstance(s, dict)]  # ZeRO: None entries
+    state = [v for s in states for v in s.values() if torch.is_tensor(v)]
+    return {
+        "params": sum(_local(t).nbytes for t in params),
+        "grads": sum(_local(t).nbytes for t in grads),
+        "optimizer_state": sum(_local(t).nbytes for t in state),
+    }
+
+
+def zero_held(engine: Any) -> dict[str, int]:
+    """The module's weights (ZeRO-3: this rank's share of them, unless held whole), the fp32 partitions with their
+    optimizer state, and the reduce buckets."""
+    optimizer = engine.optimizer
+    flats = [flat for _, flat in zero_engine.flat_partitions(engine)]
+    basic = optimizer.optimizer.state
+    state = [v for flat in flats for v in basic.get(flat, {}).values() if torch.is_tensor(v)]
+    return {
+        "params": sum(p.nbytes for p in engine.module.parameters()),
+        "masters": sum(flat.nbytes for flat in flats),
+        "optimizer_state": sum(t.nbytes for t in state),
+        "buffers": REDUCE_BUCKETS["bytes"],
+    }
+
+
+REDUCE_BUCKETS = {"bytes": 0}  # the most ZeRO 1/2's reduce buckets held: set up in backward, released at its end
+
+
+def watch_reduce_buckets() -> None:
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
+    setup = DeepSpeedZeroOptimizer.setup_buckets
+
+    def counted(self: Any) -> None:
+        setup(self)
+        held = sum(t.nbytes for bucket in self.ipg_buckets.values() for t in bucket.buffer)
+        REDUCE_BUCKETS["bytes"] = max(REDUCE_BUCKETS["bytes"], held)
+
+    DeepSpeedZeroOptimizer.setup_buckets = counted
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
@@ -134,10 +188,24 @@ def memory_plan(args: argparse.Namespace, schedule: dict[int, dict[str, Any]]) -
     """The plan fts_dist.memory makes before launch for this run's model, schedule and strategy."""
     with meta_device():
         model = build_model(args)
+        batch = (torch.empty(BATCH, 4), torch.empty(BATCH, dtype=torch.long))  # one rank's micro-batch
     units = ("Linear",) if args.strategy == "fsdp1" else ()
     optimizer = "adamw" if args.optimizer == "adamw" else "sgd"
-    plan = plan_memory(schedule, model, args.strategy, WORLD, optimizer=optimizer, unit_classes=units)
-    return [phase.bytes_per_rank for phase in plan.phases]
+    strategy, stage = ("deepspeed", int(args.strategy[-1])) if args.strategy in DEEPSPEED else (args.strategy, None)
+    plan = plan_memory(
+        schedule, model, strategy, WORLD, optimizer=optimizer, unit_classes=units, batch=batch, step=training_loss,
+        zero_stage=stage, offload=args.offload, zero={"stage": stage} if stage else None,
+    )  # fmt: skip
+    return [
+        {**phase.bytes_per_rank, "host": host}
+        for phase, host in zip(plan.phases, plan.host_bytes_per_rank, strict=True)
+    ]
+
+
+def training_loss(module: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """What the modules' training_step computes (tests.modules.Recorder)."""
+    x, y = batch
+    return torch.nn.functional.cross_entropy(module(x), y)
 
 
 class RaiseOnRankOne(pl.Callback):
@@ -305,6 +373,8 @@ def main() -> None:
         callbacks.append(ModelCheckpoint(dirpath=out / "resume", filename="latest", save_last=True))
     callbacks.append(RecordDDPWrapper())
     meter = MemoryMeter()
+    if args.strategy in ("zero1", "zero2") and not args.reference:
+        watch_reduce_buckets()
     callbacks.append(meter)
     if args.mode in SCRIPTS:
         callbacks.append(FTSEarlyStopping(monitor="val_loss", patience=1))
@@ -342,7 +412,7 @@ def main() -> None:
     result = {"records": model.records, "final": {k: v.clone() for k, v in final.items()}}
     result["ddp"] = getattr(model, "ddp_wrapper", None)
     result["memory"] = meter.by_depth
-    if args.strategy in ("ddp", "fsdp2", "fsdp1") and not args.reference:
+    if args.strategy in ("ddp", "fsdp2", "fsdp1", "zero1", "zero2") and not args.reference:
         result["plan"] = memory_plan(args, schedule)
     result["optimizer"] = type(trainer.optimizers[0]).__name__
     result["lr_schedulers"] = [type(config.scheduler).__name__ for config in trainer.lr_scheduler_configs]
