@@ -15,7 +15,8 @@ Each strategy's layout is modelled as the code this project runs measures it (te
   alignment) into fp32 masters and optimizer state; ZeRO-1 keeps whole gradients, ZeRO-2 partitioned ones; with
   contiguous gradients, each rank holds the reduce bucket (twice when communication overlaps backward);
 - ZeRO-3 partitions every parameter (``ceil(numel / world)`` elements a rank) but keeps those at or under the
-  persistence threshold whole as well, its fp32 master (none of its own when the weights are fp32 already), gradients
+  persistence threshold whole as well, its fp32 master (none of its own when the weights are fp32 already and the
+  optimizer is not offloaded), gradients
   (fp32) and optimizer state; it holds one reduce bucket and the parameters it gathers (the largest module's and the
   prefetch bucket).
 
@@ -128,17 +129,19 @@ def rank_bytes(layout: Layout, params: Sequence[ParamShape], groups: Sequence[Se
     if kind == "fsdp1":
         return _fsdp1(layout, params, trainable, moments, steps)
     group_numels = [sum(by_name[name].numel for name in group) for group in groups if group]
+    group_steps = FP32 * len(group_numels) if moments == 2 else 0  # DeepSpeed's Adam: one step tensor per group
     zero = layout.zero
     reduce_bucket = zero.reduce_bucket_size * width if zero.contiguous_gradients else 0
     if kind in ("zero1", "zero2"):
         partitions = sum(_ceil_to(numel, layout.zero_alignment * world) // world for numel in group_numels)
         grads = sum(p.numel for p in train) * width if kind == "zero1" else partitions * width
-        state = partitions * FP32 * moments + FP32 * len(group_numels)
+        state = partitions * FP32 * moments + group_steps
         buckets = reduce_bucket * (2 if zero.overlap_comm else 1)
         return _offloaded(layout, RankBytes(_numel(params) * width, grads, partitions * FP32, state, buckets))
     partitions = sum(math.ceil(p.numel / world) for p in train)  # zero3
-    masters = 0 if width == FP32 else partitions * FP32  # fp32 weights are their own masters
-    state = partitions * FP32 * moments + FP32 * len(group_numels)
+    # fp32 weights are their own masters, unless the optimizer runs on the host (offload copies them there)
+    masters = 0 if width == FP32 and not layout.offload else partitions * FP32
+    state = partitions * FP32 * moments + group_steps
     persistent = [p for p in params if p.numel <= zero.param_persistence_threshold]
     weights = (sum(math.ceil(p.numel / world) for p in params) + _numel(persistent)) * width
     gathered = _numel(params) - _numel(persistent)

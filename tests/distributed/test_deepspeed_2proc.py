@@ -69,6 +69,8 @@ def test_every_zero_stage_restores_an_earlier_phase_across_a_freeze_with_an_lr_s
     assert_matches(run, refreeze_reference.reference(), STALE_DEPTHS)
     assert "phase 2 of 2 begins at epoch 4: 130 trainable parameters in 6 tensors, 3 optimizer groups" in run.output
     assert_refrozen(run)
+    # the plan made before launch, up to the freeze (the re-frozen layer keeps its state, which the plan leaves out)
+    assert_memory_as_planned(run, [0, 1], keys=("params", "masters") if stage == ("zero2",) else ("host",))
 
 
 def test_adamw_moments_and_step_counts_survive_every_rebuild_with_offload(tmp_path: Path) -> None:

@@ -412,7 +412,7 @@ def main() -> None:
     result = {"records": model.records, "final": {k: v.clone() for k, v in final.items()}}
     result["ddp"] = getattr(model, "ddp_wrapper", None)
     result["memory"] = meter.by_depth
-    if args.strategy in ("ddp", "fsdp2", "fsdp1", "zero1", "zero2") and not args.reference:
+    if args.strategy in ("ddp", "fsdp2", "fsdp1", *DEEPSPEED) and not args.reference:
         result["plan"] = memory_plan(args, schedule)
     result["optimizer"] = type(trainer.optimizers[0]).__name__
     result["lr_schedulers"] = [type(config.scheduler).__name__ for config in trainer.lr_scheduler_configs]
