@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "benchmarks" / "workers" / "transition_scaling.py"
@@ -61,22 +62,27 @@ def main() -> None:
         growth = (second["cuda_extra_peak"] - first["cuda_extra_peak"]) / (12 * (second["kept"] - first["kept"]))
         print(f"| {label}: keeping the trained group costs {growth:.2f} x its share |")
     print(
-        "\n| run | phase | CUDA peak (MB) | allocated at its end (MB) | plan without activations (MB) | peak / plan |"
+        "\n| run | phase | CUDA peak (MB) | allocated at its end (MB) | plan (MB) | of which activations (MB) | "
+        "peak / plan |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for label, result in results.items():
         planned = plan_for(label, args.width, args.depth)
         for phase, (measured, plan) in enumerate(zip(result["cuda_phases"], planned, strict=False)):
+            total, activations = plan["total"] or 1, plan["activations"] or 0
             print(
                 f"| {label} | {phase} | {measured['peak'] / 1e6:.1f} | {measured['allocated'] / 1e6:.1f} | "
-                f"{plan / 1e6:.1f} | {measured['peak'] / plan:.2f} |"
+                f"{total / 1e6:.1f} | {activations / 1e6:.1f} | {measured['peak'] / total:.2f} |"
             )
     (args.out / "gpu-transitions.json").write_text(json.dumps(results, indent=1))
 
 
-def plan_for(label: str, width: int, depth: int) -> list[int]:
-    """``fts_dist.memory``'s plan (bytes per rank, activations aside) for a run's model, schedule and strategy."""
-    from benchmarks.workers.transition_scaling import Stack, schedule
+def plan_for(label: str, width: int, depth: int) -> list[dict[str, Any]]:
+    """``fts_dist.memory``'s plan (bytes per rank, activations traced for one micro-batch) for a run's model,
+    schedule, strategy and DeepSpeed config."""
+    import torch
+
+    from benchmarks.workers.transition_scaling import BATCH, SEQUENCE, Stack, schedule
     from fts_dist.memory import meta_device, plan_memory
 
     extra = dict(RUNS)[label]
@@ -85,8 +91,12 @@ def plan_for(label: str, width: int, depth: int) -> list[int]:
     precision = extra[extra.index("--precision") + 1] if "--precision" in extra else "32-true"
     with meta_device():
         model = Stack(width, depth)
-    plan = plan_memory(schedule(depth), model, strategy, 1, zero_stage=stage, precision=precision)
-    return [int(p.bytes_per_rank["total"] or 0) for p in plan.phases]
+        batch = (torch.empty(BATCH, SEQUENCE, width), torch.empty(BATCH, dtype=torch.long))
+    plan = plan_memory(
+        schedule(depth), model, strategy, 1, zero_stage=stage, precision=precision, batch=batch,
+        step=lambda module, b: module.training_step(b, 0), zero={"stage": stage} if stage else None,
+    )  # fmt: skip
+    return [p.bytes_per_rank for p in plan.phases]
 
 
 if __name__ == "__main__":
