@@ -21,6 +21,7 @@ import torch
 from benchmarks import (
     deepspeed_costs,
     frozen_batchnorm,
+    memory_budget,
     overhead_and_peers,
     phase_costs,
     sharded_costs,
@@ -37,6 +38,7 @@ SECTIONS = {
     "deepspeed": deepspeed_costs,
     "batchnorm": frozen_batchnorm,
     "scaling": transition_scaling,
+    "budget": memory_budget,
 }
 PREFACE = (
     "Written by `python -m benchmarks.run --markdown BENCHMARKS.md` (after `pip install -e '.[bench]'`); "
