@@ -12,6 +12,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from typing_extensions import override
 
 from fts_dist.callbacks.scheduler import FinetuningScheduler
+from fts_dist.memory import format_bytes
 
 
 def _find_scheduler(trainer: pl.Trainer) -> FinetuningScheduler | None:
@@ -37,14 +38,18 @@ class PhaseRow:
     trainable: int = 0
     best: float | None = None
     seconds: float = 0.0
+    held: int | None = None  # bytes this rank held in the phase (fts_dist.callbacks.memory_report.PhaseMemory)
+    planned: int | None = None  # and what the plan made at setup gave it
 
 
 def _format_phase_table(rows: list[PhaseRow], metric: str) -> str:
     """A markdown table of the phases that ran."""
-    lines = [f"| phase | epochs | trainable params | best {metric} | time (s) |", "|---|---|---|---|---|"]
+    header = f"| phase | epochs | trainable params | best {metric} | time (s) | memory held / planned |"
+    lines = [header, "|---|---|---|---|---|---|"]
     for row in rows:
         best = "-" if row.best is None else f"{row.best:.4f}"
-        lines.append(f"| {row.depth} | {row.epochs} | {row.trainable:,} | {best} | {row.seconds:.1f} |")
+        memory = f"{format_bytes(row.held)} / {format_bytes(row.planned)}"
+        lines.append(f"| {row.depth} | {row.epochs} | {row.trainable:,} | {best} | {row.seconds:.1f} | {memory} |")
     return "\n".join(lines)
 
 
@@ -81,6 +86,10 @@ class PhaseSummary(Callback):
             if scheduler
             else sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
         )
+        if scheduler is not None:
+            memory = scheduler.memory
+            row.held = memory.held.get(depth, row.held)
+            row.planned = memory.planned[depth] if memory.planned and depth < len(memory.planned) else None
         metric = trainer.callback_metrics.get(self.metric)
         if metric is not None:
             value = float(metric)

@@ -41,7 +41,10 @@ def test_demo_runs_the_three_phases_and_reports_them(tmp_path: Path) -> None:
     assert trainable[0] == 384 * 5 + 5  # the head
     assert trainable[1] - trainable[0] == 2 * 1_774_464  # two encoder layers
     assert trainable[2] == 22_567_301  # everything but the pooler, which mean pooling never uses
-    assert "| phase | epochs | trainable params | best val_acc | time (s) |" in result.table
+    assert "| phase | epochs | trainable params | best val_acc | time (s) | memory held / planned |" in result.table
+    # each phase's tensor bytes after its steps beside the plan made at setup (one device: a DDP rank's layout)
+    held, planned = ([row[key] for row in result.phases] for key in ("held", "planned"))
+    assert planned == sorted(planned) and held == pytest.approx(planned, rel=0.05)
     assert 0.0 <= result.best_val_acc <= 1.0
 
 
