@@ -10,7 +10,7 @@ save of the same checkpoint.
 Sharded checkpoints are directories that every rank writes into. :func:`publish` moves a finished staging directory
 (written under :func:`staging_path`, a hidden name Lightning's ``ckpt_path="last"`` never picks) into place with
 one atomic rename, or an atomic exchange when the target exists, so a resume sees the old directory or the new one,
-never a part.
+never a part. Both write a manifest (:mod:`fts_dist.checkpoint_manifest`) that loads check first.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import ctypes
 import ctypes.util
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.strategies import Strategy
 from typing_extensions import override
+
+from fts_dist.checkpoint_manifest import sidecar_path, write_file_manifest
 
 _PARTIAL_MARK = ".partial-"
 
@@ -41,8 +44,11 @@ def _stale_partials(target: Path) -> list[Path]:
     return sorted(target.parent.glob(f".{target.name}{_PARTIAL_MARK}*"))
 
 
-def atomic_torch_save(obj: Any, target: str | os.PathLike[str]) -> None:
-    """``torch.save`` that replaces ``target`` atomically (same directory, fsync, ``os.replace``)."""
+def atomic_torch_save(
+    obj: Any, target: str | os.PathLike[str], before_replace: Callable[[Path], None] | None = None
+) -> None:
+    """``torch.save`` that replaces ``target`` atomically (same directory, fsync, ``os.replace``);
+    ``before_replace(written)`` runs on the finished file just before it is renamed into place."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     for stale in _stale_partials(target):
@@ -53,6 +59,8 @@ def atomic_torch_save(obj: Any, target: str | os.PathLike[str]) -> None:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if before_replace is not None:
+            before_replace(partial)
         os.replace(partial, target)
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -183,7 +191,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or get_filesystem(path).protocol not in ("file", ("file", "local")):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        atomic_torch_save(checkpoint, path)
+        atomic_torch_save(checkpoint, path, before_replace=lambda written: write_file_manifest(written, Path(path)))
+
+    @override
+    def remove_checkpoint(self, path: Any) -> None:
+        super().remove_checkpoint(path)
+        if isinstance(path, (str, Path)) and get_filesystem(path).protocol in ("file", ("file", "local")):
+            sidecar_path(Path(path)).unlink(missing_ok=True)
 
 
 def install_atomic_checkpoint_io(strategy: Strategy) -> bool:

@@ -1,4 +1,4 @@
-"""The one exception type fts_dist raises for bad configuration."""
+"""The exceptions fts_dist raises: bad configuration before training, and a transition or load that cannot go on."""
 
 from __future__ import annotations
 
@@ -14,3 +14,12 @@ class FTSConfigError(ValueError):
         super().__init__(message)
         self.phase = phase
         self.key = key
+
+
+class CheckpointRestoreError(RuntimeError):
+    """The checkpoint chosen for a phase transition or a resume could not be read or applied; names the rank and
+    the file. Raised on every rank, before any collective load touches a checkpoint that failed its checks."""
+
+
+class ReplicaMismatchError(RuntimeError):
+    """Ranks disagree on the trainable set or the weights after a transition; names the parameters."""

@@ -17,12 +17,12 @@ from pytorch_lightning.utilities import rank_zero_warn
 from typing_extensions import override
 
 from fts_dist.adapters import transition
+from fts_dist.adapters.checkpoint_checks import verify_before_load
 from fts_dist.adapters.replicas import ReplicaView, replica_problems, replica_view
 from fts_dist.adapters.strategy_hooks import lightning_method, wrap_lightning_method
-from fts_dist.adapters.transition import CheckpointRestoreError, ReplicaMismatchError
 from fts_dist.checkpoint_io import install_atomic_checkpoint_io
 from fts_dist.coordinator import Comm, LocalComm, PhasePlan
-from fts_dist.errors import FTSConfigError
+from fts_dist.errors import CheckpointRestoreError, FTSConfigError, ReplicaMismatchError
 from fts_dist.log import rank_zero_info
 from fts_dist.optim.param_groups import (
     PhaseGroup,
@@ -107,21 +107,27 @@ class StrategyAdapter:
     def prepare_checkpointing(self, trainer: pl.Trainer, before_resume_load: Callable[[dict[str, Any]], None]) -> None:
         """Make checkpoint writes atomic (whole or absent), unless the user configured a checkpoint IO.
 
-        Strategies that restore a checkpoint after setup (sharded, DeepSpeed) load optimizer state and callback
-        states in one call, after ``on_fit_start``: the optimizer's groups must already match the saved depth. For
-        those, ``before_resume_load`` receives the checkpoint's :meth:`checkpoint_metadata` right before Lightning
-        loads a checkpoint to resume from.
+        A checkpoint to resume from is checked on every rank before Lightning loads it (the ranks agree first:
+        :func:`~fts_dist.adapters.checkpoint_checks.verify_before_load`). Strategies that restore a checkpoint after
+        setup (sharded, DeepSpeed) load optimizer state and callback states in one call, after ``on_fit_start``: the
+        optimizer's groups must already match the saved depth. For those, ``before_resume_load`` receives the
+        checkpoint's :meth:`checkpoint_metadata` right before Lightning loads a checkpoint to resume from.
         """
         install_atomic_checkpoint_io(self.strategy)
-        if not self.strategy.restore_checkpoint_after_setup:
-            return
+        after_setup = self.strategy.restore_checkpoint_after_setup
 
         def intercept(load: Callable[..., Any]) -> Callable[..., Any]:
             def load_checkpoint(checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
                 if trainer.state.fn == "fit":
-                    before_resume_load(self.checkpoint_metadata(str(self.strategy.broadcast(checkpoint_path))))
+                    path = str(self.strategy.broadcast(checkpoint_path))
+                    verify_before_load(
+                        self.comm, path, "resume from the checkpoint"
+                    )  # before any rank starts a collective load
+                    if after_setup:
+                        before_resume_load(self.checkpoint_metadata(path))
                 loaded = load(checkpoint_path, *args, **kwargs)
-                self.after_checkpoint_load(trainer)
+                if after_setup:
+                    self.after_checkpoint_load(trainer)
                 return loaded
 
             return load_checkpoint

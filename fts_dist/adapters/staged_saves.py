@@ -2,7 +2,9 @@
 
 The strategy writes to a hidden staging directory that moves into place once every rank has finished
 (:func:`fts_dist.checkpoint_io.publish`), so a kill mid-write leaves the previous checkpoint whole; a failure on any
-rank is raised on every rank, so no rank waits in the next collective for a peer that gave up.
+rank is raised on every rank, so no rank waits in the next collective for a peer that gave up. Before it moves,
+each rank records the size and CRC-32 of the files it owns, and rank 0 writes them into the directory's manifest
+(:mod:`fts_dist.checkpoint_manifest`), which every load checks first.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pytorch_lightning as pl
 
 from fts_dist.adapters.strategy_hooks import wrap_lightning_method
 from fts_dist.checkpoint_io import publish, staging_path, tidy_checkpoint_directory
+from fts_dist.checkpoint_manifest import FileRecord, record_owned_files, write_directory_manifest
 from fts_dist.coordinator import Comm
 
 
@@ -28,6 +31,10 @@ def stage_checkpoint_directories(strategy: pl.strategies.Strategy, comm: Comm) -
             staging = staging_path(target)
             _together(comm, lambda: tidy_checkpoint_directory(target.parent), rank_zero_only=True)
             _together(comm, lambda: save(checkpoint, staging, storage_options))  # every rank its shards
+            owned: dict[str, FileRecord] = {}
+            _together(comm, lambda: owned.update(record_owned_files(staging, comm.rank, comm.world_size)))
+            records = {name: record for ranks in comm.all_gather(owned) for name, record in ranks.items()}
+            _together(comm, lambda: write_directory_manifest(staging, records), rank_zero_only=True)
             _together(comm, lambda: publish(staging, target), rank_zero_only=True)
 
         return save_checkpoint

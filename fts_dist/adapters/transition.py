@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 
+from fts_dist.adapters.checkpoint_checks import verify_before_load
 from fts_dist.coordinator import PhasePlan
+from fts_dist.errors import CheckpointRestoreError
 from fts_dist.log import rank_zero_info
 from fts_dist.optim.param_groups import GroupSettings, PhaseGroup, lr_schedulers, scale_learning_rates
 from fts_dist.optim.reinit import (
@@ -30,14 +32,6 @@ if TYPE_CHECKING:
     import torch
 
     from fts_dist.adapters.base import StrategyAdapter
-
-
-class CheckpointRestoreError(RuntimeError):
-    """The checkpoint chosen for a phase transition could not be read or applied; names the file."""
-
-
-class ReplicaMismatchError(RuntimeError):
-    """Ranks disagree on the trainable set or the weights after a transition; names the parameters."""
 
 
 def apply_plan(adapter: StrategyAdapter, plan: PhasePlan, trainer: pl.Trainer, check_replicas: bool = False) -> None:
@@ -145,9 +139,11 @@ def _say_optimizer_state_dropped(adapter: StrategyAdapter, plan: PhasePlan, trai
 
 
 def _restore(adapter: StrategyAdapter, plan: PhasePlan, trainer: pl.Trainer) -> None:
-    """Collective: every rank loads, then all agree: a failure on any rank is raised on every rank."""
+    """Collective: every rank checks its part of the checkpoint and all agree, before any rank loads; then every
+    rank loads, and all agree again: a failure on any rank is raised on every rank."""
     assert plan.restore is not None
     adapter.comm.barrier()  # the writer finished before anyone reads
+    verify_before_load(adapter.comm, plan.restore.path, "restore the best checkpoint")
     failure = None
     try:
         adapter.load_checkpoint_state(plan.restore.path, plan.trainable_phases(plan.restore.depth), trainer)

@@ -86,3 +86,20 @@ def assert_memory_as_planned(
 
 def _held(memory: dict[str, int], key: str) -> int:
     return memory["masters"] + memory["optimizer_state"] if key == "host" else memory[key]
+
+
+def assert_checkpoint_faults_caught(run: Run, owner: int = 1) -> None:
+    """After training, rank 1 damaged its own part of the best checkpoint three ways (``fit_run.py --faults``):
+    every rank raised ``CheckpointRestoreError`` for each before any load, naming the rank that found it and the
+    file; once undone, the checkpoint passed. ``owner``: the rank that reads a file's bytes (rank 0 for a
+    single-file checkpoint)."""
+    for rank in (0, 1):
+        faults = run.rank(rank)["faults"]
+        files = faults["files"].split(",")
+        assert files and faults["undone"] is None, faults
+        for kind in ("truncated", "missing", "foreign"):
+            message = faults[kind]
+            assert message is not None and message.startswith("Cannot restore the best checkpoint"), (kind, faults)
+            finder = owner if kind == "foreign" else 0  # every rank sees a size; the owner reads the bytes
+            assert f"rank {finder}: " in message and any(name in message for name in files), (kind, message)
+            assert ("missing" in message) == (kind == "missing")

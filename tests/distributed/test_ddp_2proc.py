@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.distributed.launch import assert_memory_as_planned, launch
+from tests.distributed.launch import assert_checkpoint_faults_caught, assert_memory_as_planned, launch
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(400)]
 REFERENCE_ATOL = 1e-5
@@ -32,7 +32,7 @@ def assert_replicas_equal_every_epoch(run) -> None:
 @pytest.mark.parametrize(
     ("launcher", "args", "depths"),
     [
-        ("torchrun", ("--mode", "epochs", "--refreeze"), [0, 1, 1, 2, 2]),
+        ("torchrun", ("--mode", "epochs", "--refreeze", "--faults"), [0, 1, 1, 2, 2]),
         (
             "lightning",
             ("--mode", "epochs", "--optimize-all", "--scheduler", "lambda", "--apply-lambdas"),
@@ -71,6 +71,8 @@ def assert_replicas_equal_every_epoch(run) -> None:
 def test_world_size_2_equals_single_process(tmp_path: Path, launcher: str, args: tuple, depths: list) -> None:
     run = launch(tmp_path, *args, launcher=launcher)
     assert run.returncode == 0, run.output[-3000:]
+    if "--faults" in args:  # the best checkpoint, one file: rank 1's damage is seen before any rank loads it
+        assert_checkpoint_faults_caught(run, owner=0)
     chosen = args[args.index("--optimizer") + 1] if "--optimizer" in args else "sgd"
     optimizer = {"zero": "ZeroRedundancyOptimizer", "oss": "OSS", "sgd": "SGD"}[chosen]
     assert run.rank(0)["optimizer"] == optimizer  # the sharded optimizers ran, against a plain-SGD reference
@@ -84,7 +86,7 @@ def test_world_size_2_equals_single_process(tmp_path: Path, launcher: str, args:
         assert run.rank(0)["lr_schedulers"] == ["CosineAnnealingLR"]
     assert [len(r["lrs"]) - 1 for r in run.rank(0)["records"]] == depths
     assert_replicas_equal_every_epoch(run)
-    reference = launch(tmp_path, *args, reference=True)
+    reference = launch(tmp_path, *(a for a in args if a != "--faults"), reference=True)
     assert reference.returncode == 0, reference.output[-3000:]
     assert max_abs_diff(run.rank(0)["final"], reference.reference()["final"]) < REFERENCE_ATOL
     for ours, ref in zip(run.rank(0)["records"], reference.reference()["records"], strict=True):

@@ -13,9 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.distributed.launch import TIMEOUT_S, Run, assert_memory_as_planned, free_port, launch
+from tests.distributed.launch import (
+    TIMEOUT_S,
+    Run,
+    assert_checkpoint_faults_caught,
+    assert_memory_as_planned,
+    free_port,
+    launch,
+)
 from tests.distributed.test_sharded_2proc import (
     REFREEZE,
+    STALE,
     STALE_DEPTHS,
     assert_matches,
     assert_refrozen,
@@ -45,8 +53,9 @@ def test_zero1_carries_every_group_across_transitions_and_reinitialises_optimize
     (ZeRO 1/2 map parameters onto their optimizer state once, after the first per-group step, when a group added
     later has none yet), and builds a cosine schedule."""
     args = ("--mode", "epochs", "--scheduler", "chained", "--no-restore", "--reinit")
-    run = launch(tmp_path, "--strategy", "zero1", *args)
+    run = launch(tmp_path, "--strategy", "zero1", *args, "--faults")
     assert run.returncode == 0, run.output[-3000:]
+    assert_checkpoint_faults_caught(run)  # rank 1's own optimizer partition, damaged after training
     reference = launch(tmp_path, *args, reference=True)
     assert reference.returncode == 0, reference.output[-3000:]
     assert_matches(run, reference.reference(), [0, 1, 1, 2, 2])
@@ -64,13 +73,27 @@ def test_every_zero_stage_restores_an_earlier_phase_across_a_freeze_with_an_lr_s
     before the engine loads it, then regains phase 1's group (with its settings from before) and phase 2's; phase 2
     freezes layers.1 again, which leaves ZeRO's group 1 (layers.2 stays), and halves the earlier groups' learning
     rates."""
-    run = launch(tmp_path, "--strategy", *stage, *REFREEZE)
+    run = launch(tmp_path, "--strategy", *stage, *REFREEZE, "--faults")
     assert run.returncode == 0, run.output[-3000:]
+    assert_checkpoint_faults_caught(run)  # rank 1's own partitions, damaged after training
     assert_matches(run, refreeze_reference.reference(), STALE_DEPTHS)
     assert "phase 2 of 2 begins at epoch 4: 130 trainable parameters in 6 tensors, 3 optimizer groups" in run.output
     assert_refrozen(run)
     # the plan made before launch, up to the freeze (the re-frozen layer keeps its state, which the plan leaves out)
     assert_memory_as_planned(run, [0, 1], keys=("params", "masters") if stage == ("zero2",) else ("host",))
+
+
+def test_a_truncated_zero3_partition_on_one_rank_ends_every_rank_with_the_file_named(tmp_path: Path) -> None:
+    """Rank 1 truncates its own ZeRO-3 files of the best checkpoint just before the transition that restores it
+    (before the checks, rank 1 aborted inside gloo and rank 0 died with `Connection reset by peer`): every rank ends
+    with CheckpointRestoreError naming rank 1 and its file, and the checkpoint is left in place."""
+    run = launch(tmp_path, "--strategy", "zero3", *STALE, "--plant", "truncate")
+    assert run.returncode != 0
+    errors = [line for line in run.output.splitlines() if "CheckpointRestoreError: Cannot restore the best" in line]
+    assert len({e.split("]")[0] for e in errors}) >= 2, run.output[-3000:]  # both ranks raised it
+    assert "rank 1: " in errors[0] and "zero_pp_rank_1_mp_rank_00" in errors[0] and "truncated" in errors[0]
+    assert "Received data size" not in run.output and "Connection reset" not in run.output
+    assert any((tmp_path / "ckpts").glob("*/checkpoint/zero_pp_rank_1_mp_rank_00_model_states.pt"))
 
 
 def test_adamw_moments_and_step_counts_survive_every_rebuild_with_offload(tmp_path: Path) -> None:

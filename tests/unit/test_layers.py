@@ -12,6 +12,7 @@ LAYERS = {  # top-level module or subpackage of fts_dist -> layer (higher may im
     "schedule": 1,
     "coordinator": 2,
     "gen": 2,
+    "checkpoint_manifest": 2,
     "checkpoint_io": 3,
     "log": 3,
     "strategies": 3,

@@ -26,7 +26,11 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from fts_dist import DeepSpeedStrategy, FinetuningScheduler, FSDPStrategy, FTSCheckpoint, FTSEarlyStopping
 from fts_dist.adapters import StrategyAdapter, register_adapter
+from fts_dist.adapters.checkpoint_checks import verify_before_load
 from fts_dist.adapters.deepspeed import engine as zero_engine
+from fts_dist.adapters.torch_comm import TorchDistributedComm
+from fts_dist.checkpoint_manifest import owner_of
+from fts_dist.errors import CheckpointRestoreError
 from fts_dist.memory import meta_device, plan_memory
 from fts_dist.memory.activations import SavedTensors
 from tests.distributed.sharded_modules import (
@@ -208,6 +212,58 @@ def training_loss(module: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tens
     return torch.nn.functional.cross_entropy(module(x), y)
 
 
+class TruncateOwnShards(pl.Callback):
+    """Rank 1 truncates its own files of the best checkpoint just before the transition that restores it."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        best = Path(trainer.strategy.broadcast(trainer.checkpoint_callback.best_model_path))
+        if trainer.global_rank == 1 and trainer.current_epoch == self.epoch:
+            for path in own_files(best, 1):
+                with open(path, "r+b") as handle:
+                    handle.truncate(path.stat().st_size // 2)
+
+
+def own_files(checkpoint: Path, rank: int) -> list[Path]:
+    """The files of ``checkpoint`` that ``rank`` owns (a single-file checkpoint: the file)."""
+    if not checkpoint.is_dir():
+        return [checkpoint]
+    return [p for p in sorted(checkpoint.rglob("*")) if p.is_file() and owner_of(p.name, WORLD) == rank != 0]
+
+
+def plant_checkpoint_faults(checkpoint: Path) -> dict[str, str | None]:
+    """After training: rank 1 damages its own part of ``checkpoint`` (truncated, missing, foreign: its bytes
+    changed, its size kept), every rank checks the checkpoint as a load would, and each fault is undone before the
+    next. Returns what this rank raised for each, and for the checkpoint once undone."""
+    comm = TorchDistributedComm()
+    files = own_files(checkpoint, 1)
+    saved = {path: path.read_bytes() for path in files} if comm.rank == 1 else {}
+    faults: dict[str, Any] = {
+        "truncated": lambda path: path.write_bytes(saved[path][: len(saved[path]) // 2]),
+        "missing": lambda path: path.unlink(),
+        "foreign": lambda path: path.write_bytes(saved[path][:64] + bytes(b ^ 0xFF for b in saved[path][64:])),
+        "undone": lambda path: None,
+    }
+    raised: dict[str, str | None] = {}
+    for kind, plant in faults.items():
+        if comm.rank == 1:
+            for path in files:
+                plant(path)
+        comm.barrier()
+        try:
+            verify_before_load(comm, str(checkpoint), "restore the best checkpoint")
+            raised[kind] = None
+        except CheckpointRestoreError as err:
+            raised[kind] = str(err)
+        comm.barrier()
+        for path, content in saved.items():
+            path.write_bytes(content)
+    raised["files"] = ",".join(p.name for p in files)
+    return raised
+
+
 class RaiseOnRankOne(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.global_rank == 1 and trainer.current_epoch == 1:
@@ -331,8 +387,9 @@ def main() -> None:
     parser.add_argument("--optimizer", choices=["sgd", "zero", "oss", "adamw"], default="sgd")
     parser.add_argument("--naive", action="store_true", help="thaw without the DDP adapter (expected to diverge)")
     parser.add_argument(
-        "--plant", choices=["none", "mismatch", "raise", "unused", "trainable", "mixed"], default="none"
+        "--plant", choices=["none", "mismatch", "raise", "unused", "trainable", "mixed", "truncate"], default="none"
     )
+    parser.add_argument("--faults", action="store_true", help="after training: damage the best checkpoint on rank 1")
     parser.add_argument("--max-epochs", type=int, default=5)
     parser.add_argument("--ddp-options", action="store_true", help="non-default DDP options that must survive")
     parser.add_argument("--bf16", action="store_true", help="FSDP2 MixedPrecisionPolicy(bf16, reduce fp32)")
@@ -380,6 +437,7 @@ def main() -> None:
         callbacks.append(FTSEarlyStopping(monitor="val_loss", patience=1))
     # planted faults run before the scheduler's hook, so they hit the transition at epoch 1
     planted = {"mismatch": [PlantMismatch()], "raise": [RaiseOnRankOne()], "trainable": [PlantTrainable()]}
+    planted["truncate"] = [TruncateOwnShards(epoch=4)]  # early-stopping-stale restores phase 0's best at epoch 4
     callbacks = planted.get(args.plant, []) + callbacks
     if args.kill_writing_last_at is not None:
         callbacks.append(KillDuringCheckpointWrite(args.kill_writing_last_at))
@@ -418,6 +476,9 @@ def main() -> None:
     result["lr_schedulers"] = [type(config.scheduler).__name__ for config in trainer.lr_scheduler_configs]
     if ACCELERATOR != "cpu":
         result["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
+    if args.faults:
+        best = Path(trainer.strategy.broadcast(trainer.checkpoint_callback.best_model_path))
+        result["faults"] = plant_checkpoint_faults(best)
     torch.save(result, out / f"rank{trainer.global_rank}{'-reference' if args.reference else ''}.pt")
     finish_worker()
 
