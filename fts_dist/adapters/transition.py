@@ -1,5 +1,5 @@
-"""The order of a phase transition, written once for every strategy: restore, thaw, extend (or replace) the
-optimizer, check the replicas, re-register the trainable set.
+"""The order of a phase transition, written once for every strategy: restore, thaw, check the replicas, extend (or
+replace) the optimizer, re-register the trainable set.
 
 :meth:`StrategyAdapter.apply_plan <fts_dist.adapters.base.StrategyAdapter.apply_plan>` runs :func:`apply_plan`; each
 step it takes is one of the adapter's seams, which the strategy families override. Nothing here knows a strategy.
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 
 def apply_plan(adapter: StrategyAdapter, plan: PhasePlan, trainer: pl.Trainer, check_replicas: bool = False) -> None:
-    """Bring this rank to ``plan.depth``: restore, thaw, extend (or replace) the optimizer, check, re-register.
+    """Bring this rank to ``plan.depth``: restore, thaw, check, extend (or replace) the optimizer, re-register.
 
     Groups restored with the checkpoint keep the checkpoint's optimizer state; every group of an earlier phase
     keeps the settings it had before the transition (restoring weights rewinds neither the LR schedule nor any
@@ -76,6 +76,8 @@ def _apply_plan(adapter: StrategyAdapter, plan: PhasePlan, trainer: pl.Trainer, 
             _replace_optimizer(adapter, plan, trainer, saved_optimizer_phase, held)
         _restore(adapter, plan, trainer)
     adapter.thaw(trainer.lightning_module, plan.trainable)
+    if check_replicas:  # before any optimizer change: a ZeRO rebuild's collectives assume the ranks agree
+        adapter.check_replicas(trainer.lightning_module, plan.depth)
     _add_phase_groups(adapter, plan, trainer, held)  # what a restore dropped
     optimizer_phase = plan.optimizer_phase(plan.depth)
     if optimizer_phase != adapter.optimizer_phase:
@@ -92,8 +94,6 @@ def _apply_plan(adapter: StrategyAdapter, plan: PhasePlan, trainer: pl.Trainer, 
     _add_phase_groups(adapter, plan, trainer, plan.depth)
     _check_group_count(trainer.optimizers[0], adapter.group_count(plan.depth))
     check_lr_schedulers_bound(adapter.scheduled_optimizer(trainer), lr_schedulers(trainer))
-    if check_replicas:
-        adapter.check_replicas(trainer.lightning_module, plan.depth)
     adapter.on_trainable_changed(trainer)
 
 

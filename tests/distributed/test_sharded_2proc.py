@@ -70,6 +70,32 @@ def test_fsdp2_restores_an_earlier_phase_across_a_freeze_with_an_lr_scheduler(
     assert_memory_as_planned(run, [0, 1])  # phase 2 keeps the re-frozen layer's state, which the plan leaves out
 
 
+@pytest.mark.parametrize(
+    ("strategy", "extra", "plant"),
+    [
+        ("fsdp1", ("--sharding", "NO_SHARD"), "both"),
+        ("fsdp1", ("--sharding", "HYBRID_SHARD"), "both"),
+        ("zero2", (), "trainable"),
+    ],
+    ids=["fsdp1-no-shard", "fsdp1-hybrid-shard-two-nodes", "deepspeed-zero2"],
+)
+def test_each_adapters_replica_check_names_a_planted_divergence_and_an_extra_trainable_tensor(
+    tmp_path: Path, strategy: str, extra: tuple[str, ...], plant: str
+) -> None:
+    """At the first transition rank 1's adapter thaws layers.0.weight too and (``both``) its layers.0.weight is
+    moved: the checks name them by the module's own parameter names (FSDP1's flat parameters hold them;
+    HYBRID_SHARD on a (2, 1) mesh: each node's single rank holds whole units). Under DeepSpeed the trainable sets
+    are compared right after the thaw, before the ZeRO rebuild, whose collectives assume they agree (the rebuild
+    sets requires_grad by group membership, which hid the extra tensor before)."""
+    run = launch(tmp_path, "--strategy", strategy, *extra, "--plant", plant)
+    assert run.returncode != 0
+    assert "ReplicaMismatchError" in run.output, run.output[-3000:]
+    assert "rank 1 trainable set differs from rank 0's: ['layers.0.weight']" in run.output
+    if plant == "both":
+        assert "rank 1 weights differ from rank 0's in ['layers.0.weight'" in run.output
+    assert "flat_param" not in run.output
+
+
 def assert_refrozen(run: Run) -> None:
     """Phase 2 (epoch 4) froze layers.1 again, kept 3 groups, and halved the earlier groups' StepLR rates."""
     epoch3, epoch4 = run.rank(0)["records"][3:5]

@@ -94,7 +94,8 @@ class FSDP1Adapter(ShardedAdapter):
     def replica_view(self, module: torch.nn.Module) -> ReplicaView:
         """Each unit's local flat shard, compared only between ranks that hold the same shard: every rank under
         ``NO_SHARD``, the same position of the shard group across nodes under ``HYBRID_SHARD``, none under
-        ``FULL_SHARD`` (or ``HYBRID_SHARD`` on one node)."""
+        ``FULL_SHARD`` (or ``HYBRID_SHARD`` on one node). The shard is checksummed by original parameter (the part
+        of each that lies in it), so a mismatch names ``layers.0.weight``, not the unit's flat parameter."""
         live = self.schedule_parameters(module)
         tensors: dict[str, tuple[ShardKey, int]] = {}
         for unit_name, unit in _named_units(self._root()):
@@ -105,8 +106,7 @@ class FSDP1Adapter(ShardedAdapter):
                 continue  # sharded over every rank: no other rank holds this shard
             else:
                 key = (dist.get_rank(unit.process_group),)  # HYBRID_SHARD: compared with the other nodes' ranks
-            flat = unit._handle.flat_param  # type: ignore[union-attr]
-            tensors[f"{unit_name or '<root>'}.flat_param"] = (key, checksum(getattr(flat, "_local_shard", flat.data)))
+            tensors.update({name: (key, checksum(region)) for name, region in _regions(unit_name, unit)})
         return ReplicaView(tuple(sorted(n for n, p in live.items() if p.requires_grad)), tensors)
 
     def _root(self) -> torch.nn.Module:
@@ -122,6 +122,21 @@ def _named_units(module: torch.nn.Module) -> list[tuple[str, FullyShardedDataPar
         for name, unit in module.named_modules()
         if isinstance(unit, FullyShardedDataParallel) and unit._handle is not None
     ]
+
+
+def _regions(unit_name: str, unit: FullyShardedDataParallel) -> list[tuple[str, torch.Tensor]]:
+    """The part of each original parameter that lies in this rank's shard of ``unit``'s flat parameter, by the
+    parameter's original name."""
+    flat = unit._handle.flat_param  # type: ignore[union-attr]
+    local = getattr(flat, "_local_shard", flat.data).reshape(-1)
+    prefix = f"{unit_name}." if unit_name else ""
+    regions = []
+    for fqn, info in zip(flat._fqns, flat._shard_param_infos, strict=True):
+        if info.in_shard:
+            assert info.offset_in_shard is not None and info.numel_in_shard is not None
+            region = local[info.offset_in_shard : info.offset_in_shard + info.numel_in_shard]
+            regions.append((clean_tensor_name(prefix + fqn), region))
+    return regions
 
 
 def _units(module: torch.nn.Module) -> list[tuple[str, list[str]]]:

@@ -17,6 +17,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.strategies import DDPStrategy, ModelParallelStrategy
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 from torch.distributed.optim import ZeroRedundancyOptimizer
@@ -356,9 +357,18 @@ def build_strategy(args: argparse.Namespace) -> Any:
     if args.strategy == "fsdp1":
         policy = {torch.nn.Sequential} if args.misaligned else {torch.nn.Linear}
         sharding = ShardingStrategy[args.sharding]
-        return FSDPStrategy(auto_wrap_policy=ModuleWrapPolicy(policy), sharding_strategy=sharding)
+        mesh = {"device_mesh": two_nodes_of_one_rank()} if sharding == ShardingStrategy.HYBRID_SHARD else {}
+        return FSDPStrategy(auto_wrap_policy=ModuleWrapPolicy(policy), sharding_strategy=sharding, **mesh)
     options = {"bucket_cap_mb": 1, "gradient_as_bucket_view": True, "static_graph": True} if args.ddp_options else {}
     return DDPStrategy(process_group_backend="gloo", **options)
+
+
+def two_nodes_of_one_rank() -> Any:
+    """A (replicate=WORLD, shard=1) CPU mesh: HYBRID_SHARD as on WORLD nodes of one rank each (Lightning's tuple
+    form builds a CUDA mesh)."""
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+    return init_device_mesh("cpu", (WORLD, 1), mesh_dim_names=("replicate", "shard"))
 
 
 def build_model(args: argparse.Namespace) -> Any:
@@ -387,7 +397,9 @@ def main() -> None:
     parser.add_argument("--optimizer", choices=["sgd", "zero", "oss", "adamw"], default="sgd")
     parser.add_argument("--naive", action="store_true", help="thaw without the DDP adapter (expected to diverge)")
     parser.add_argument(
-        "--plant", choices=["none", "mismatch", "raise", "unused", "trainable", "mixed", "truncate"], default="none"
+        "--plant",
+        choices=["none", "mismatch", "raise", "unused", "trainable", "mixed", "truncate", "both"],
+        default="none",
     )
     parser.add_argument("--faults", action="store_true", help="after training: damage the best checkpoint on rank 1")
     parser.add_argument("--max-epochs", type=int, default=5)
@@ -421,7 +433,7 @@ def main() -> None:
             ft_schedule=schedule,
             epoch_transitions_only=args.mode == "epochs",
             check_replicas=not args.naive,
-            restore_best=args.plant != "mismatch" and not args.no_restore,
+            restore_best=args.plant not in ("mismatch", "both") and not args.no_restore,
             apply_lambdas_new_pgs=args.apply_lambdas,
         ),  # a restore would heal the planted fault
         FTSCheckpoint(monitor="val_loss", dirpath=out / "ckpts"),
@@ -437,6 +449,7 @@ def main() -> None:
         callbacks.append(FTSEarlyStopping(monitor="val_loss", patience=1))
     # planted faults run before the scheduler's hook, so they hit the transition at epoch 1
     planted = {"mismatch": [PlantMismatch()], "raise": [RaiseOnRankOne()], "trainable": [PlantTrainable()]}
+    planted["both"] = [PlantMismatch(), PlantTrainable()]  # rank 1 diverges and thaws a tensor too many
     planted["truncate"] = [TruncateOwnShards(epoch=4)]  # early-stopping-stale restores phase 0's best at epoch 4
     callbacks = planted.get(args.plant, []) + callbacks
     if args.kill_writing_last_at is not None:
