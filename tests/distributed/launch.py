@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -15,12 +14,6 @@ import torch
 
 WORKER = Path(__file__).parent / "workers" / "fit_run.py"
 TIMEOUT_S = 180
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -41,8 +34,9 @@ def launch(
 ) -> Run:
     """Run the worker (``world`` ranks, or 1 for the reference) and return its exit status, output and results;
     ``gpu`` runs it on CUDA devices."""
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    # no port is picked here: torchrun's agent binds port 0 (--standalone), Lightning's launcher picks its own
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    env.pop("MASTER_PORT", None)
     env |= {"FTS_TEST_WORLD": str(world), "FTS_TEST_ACCELERATOR": "gpu" if gpu else "cpu"}
     worker_args = [str(WORKER), "--out", str(out_dir), "--launcher", launcher, *args]
     if reference:
@@ -52,12 +46,9 @@ def launch(
             sys.executable,
             "-m",
             "torch.distributed.run",
+            "--standalone",
             "--nproc_per_node",
             str(world),
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(port),
             *worker_args,
         ]
     else:

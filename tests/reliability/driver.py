@@ -16,10 +16,11 @@ from typing import Any
 import psutil
 import torch
 
-from tests.distributed.launch import free_port
-
 WORKER = Path(__file__).parent / "workers" / "resumable.py"
 START_TIMEOUT_S = 120
+
+
+RESUMED_MARK = "fts_dist test: resuming from "  # the worker prints it when it starts from a checkpoint
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Attempt:
     output: str
     seconds: float
     killed: bool
+    resumed: bool
 
 
 @dataclass
@@ -37,6 +39,10 @@ class Campaign:
     @property
     def kills(self) -> int:
         return sum(a.killed for a in self.attempts)
+
+    @property
+    def resumes(self) -> int:
+        return sum(a.resumed for a in self.attempts)
 
 
 def command(out: Path, world: int, *args: str, launcher: str = "torchrun", max_restarts: int = 0) -> list[str]:
@@ -51,36 +57,59 @@ def command(out: Path, world: int, *args: str, launcher: str = "torchrun", max_r
         str(world),
         "--max-restarts",
         str(max_restarts),
-        "--rdzv-backend",
-        "c10d",
-        "--rdzv-endpoint",
-        f"127.0.0.1:{free_port()}",
+        "--standalone",  # the agent's store binds port 0: no port picked, released, then raced for
         *worker,
     ]
 
 
-def start(out: Path, world: int, *args: str, kill_after: float | None = None, **kwargs: Any) -> Attempt:
-    """One start of the job; with ``kill_after`` it and all its descendants are SIGKILLed then (a preemption)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+def start(
+    out: Path,
+    world: int,
+    *args: str,
+    kill_after_publish: float | None = None,
+    timeout_s: float = START_TIMEOUT_S,
+    **kwargs: Any,
+) -> Attempt:
+    """One start of the job, bounded by ``timeout_s`` (a job still running then fails the test). With
+    ``kill_after_publish``, it and all its descendants are SIGKILLed (a preemption) that many seconds after this
+    start published its first checkpoint to resume from (``resume/last.ckpt`` replaced), or at once if it ends
+    first."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    env.pop("MASTER_PORT", None)  # torchrun binds port 0; Lightning's launcher picks its own
+    log = out / f"attempt-{time.monotonic_ns()}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    last, before = out / "resume" / "last.ckpt", _version(out / "resume" / "last.ckpt")
     started = time.monotonic()
-    proc = subprocess.Popen(
-        command(out, world, *args, **kwargs),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    killed = False
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(
+            command(out, world, *args, **kwargs), env=env, stdout=sink, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        killed = False
+        deadline = started + timeout_s
+        while proc.poll() is None and time.monotonic() < deadline:
+            if kill_after_publish is not None and _version(last) not in (None, before):
+                time.sleep(kill_after_publish)
+                killed = proc.poll() is None
+                break
+            time.sleep(0.05)
+        if proc.poll() is None and not killed:
+            kill_tree(proc.pid)
+            raise AssertionError(f"the job did not end within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+        if killed:
+            kill_tree(proc.pid)
+        proc.wait()
+    output = log.read_text()
+    return Attempt(proc.returncode, output, time.monotonic() - started, killed, RESUMED_MARK in output)
+
+
+def _version(path: Path) -> tuple[int, int] | None:
+    """What identifies one published checkpoint file: its inode and modification time."""
     try:
-        output, _ = proc.communicate(timeout=kill_after if kill_after is not None else START_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        kill_tree(proc.pid)
-        output, _ = proc.communicate()
-        killed = kill_after is not None
-        if not killed:
-            raise AssertionError(f"the job did not end within {START_TIMEOUT_S} s:\n{output[-3000:]}") from None
-    return Attempt(proc.returncode, output, time.monotonic() - started, killed)
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
 
 
 def kill_tree(pid: int) -> None:
@@ -104,14 +133,14 @@ def finished(out: Path) -> bool:
     return (out / "final-rank0.pt").exists()
 
 
-def run_with_random_kills(out: Path, world: int, seed: int, run_seconds: float, kills: int = 3) -> Campaign:
-    """SIGKILL the job up to ``kills`` times at random moments within an uninterrupted run's length (startup,
-    mid-epoch, transitions and checkpoint writes alike), resuming each time, then let the last start finish."""
+def run_with_random_kills(out: Path, world: int, seed: int, kills: int = 3) -> Campaign:
+    """SIGKILL the job ``kills`` times, each at a random moment within 2 s after that start published a checkpoint
+    to resume from (mid-epoch, in a transition or in the next checkpoint write), resuming each time; then let the
+    last start finish."""
     rng = random.Random(seed)
     campaign = Campaign()
     for _ in range(kills):
-        attempt = start(out, world, kill_after=rng.uniform(0.3, 0.85) * run_seconds)
-        campaign.attempts.append(attempt)
+        campaign.attempts.append(start(out, world, kill_after_publish=rng.uniform(0.0, 2.0)))
         if finished(out):  # a resumed start has less to do, and can end before its kill
             break
     if not finished(out):

@@ -1,5 +1,6 @@
-"""One rank raising or killed, or the launcher killed, ends every rank of a 2-rank job within 60 s, never a hang,
-and the output names the failing rank. Elastic restarts resume at the right phase."""
+"""One rank raising or killed, or the launcher killed, ends every rank of a 2-rank job, never a hang, and the output
+names the failing rank. Elastic restarts resume at the right phase. Every wait is bounded by a condition and a
+deadline (a job that hangs fails the test at the deadline), never a wall-time assertion."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -16,17 +18,15 @@ import torch
 from tests.reliability.driver import command, final_weights, finished, start
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(300)]
-LIMIT_S = 60
+ENDS_WITHIN_S = 150  # without fts_dist's handling a dead peer leaves the others waiting 30 minutes
 
 
 @pytest.mark.parametrize("launcher", ["torchrun", "lightning"])
 @pytest.mark.parametrize(("rank", "how"), [(1, "raise"), (1, "kill"), (0, "raise"), (0, "kill")])
-def test_a_failing_rank_ends_the_job_within_a_minute_and_is_named(
-    tmp_path: Path, launcher: str, rank: int, how: str
-) -> None:
-    attempt = start(tmp_path, 2, "--die-at-epoch", "2", "--rank", str(rank), "--how", how, launcher=launcher)
+def test_a_failing_rank_ends_the_job_and_is_named(tmp_path: Path, launcher: str, rank: int, how: str) -> None:
+    args = ("--die-at-epoch", "2", "--rank", str(rank), "--how", how)
+    attempt = start(tmp_path, 2, *args, launcher=launcher, timeout_s=ENDS_WITHIN_S)  # raises if it does not end
     assert attempt.returncode != 0 and not finished(tmp_path)
-    assert attempt.seconds < LIMIT_S, f"took {attempt.seconds:.0f} s:\n{attempt.output[-3000:]}"
     output = attempt.output
     if how == "raise":
         named = f"fts_dist: rank {rank} failed at epoch 2, phase 0: RuntimeError: planted failure on rank {rank}"
@@ -38,13 +38,25 @@ def test_a_failing_rank_ends_the_job_within_a_minute_and_is_named(
         named = f"rank(s) [{rank}] on this host are no longer running" in output
         orphaned = rank == 0 and "fts_dist: rank 1: its launcher" in output
         assert named or orphaned, output[-3000:]
-    time.sleep(1)
-    assert not [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+    assert wait_for(lambda: not leftover_processes(tmp_path), 30), leftover_processes(tmp_path)
+
+
+def leftover_processes(tmp_path: Path) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+
+
+def wait_for(condition: Callable[[], bool], deadline_s: float) -> bool:
+    """Poll ``condition`` until it holds or ``deadline_s`` passes; whether it held."""
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def test_a_killed_torchrun_agent_ends_its_workers(tmp_path: Path) -> None:
     """torchrun starts workers in sessions of their own: without fts_dist's watch they would wait 30 min."""
-    started = time.monotonic()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     agent = subprocess.Popen(
         command(tmp_path, 2),
@@ -54,9 +66,8 @@ def test_a_killed_torchrun_agent_ends_its_workers(tmp_path: Path) -> None:
         text=True,
         start_new_session=True,
     )
-    while not (tmp_path / "resume" / "last.ckpt").exists():  # training is under way on both ranks
-        assert agent.poll() is None and time.monotonic() - started < 90
-        time.sleep(0.2)
+    training = wait_for(lambda: (tmp_path / "resume" / "last.ckpt").exists() or agent.poll() is not None, 90)
+    assert training and agent.poll() is None  # a checkpoint is out: training is under way on both ranks
     workers = psutil.Process(agent.pid).children(recursive=True)
     agent.kill()  # the agent only, not its workers
     _, alive = psutil.wait_procs(workers, timeout=10)

@@ -1,29 +1,34 @@
 """One rank of an 8-phase DeepSpeed run (a head, then one of 7 layers per phase, AdamW): after every transition,
-this rank's resident memory (after ``gc.collect`` and ``malloc_trim``) and the bytes of fp32 masters and optimizer
+how many ZeRO optimizers are alive (after ``gc.collect``) and the bytes of fp32 masters and optimizer
 state it holds; at every rebuild of the ZeRO optimizer, the bytes it copied to the host and the bytes it handed to
 the new optimizer by reference. Writes OUT/memory-rank{r}.json."""
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
+from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
 from fts_dist import DeepSpeedStrategy, FinetuningScheduler, FTSCheckpoint
 from fts_dist.adapters.deepspeed import engine as zero_engine
-from fts_dist.adapters.deepspeed.engine import state_bytes, trim_host_memory
+from fts_dist.adapters.deepspeed.engine import state_bytes
 from fts_dist.memory import meta_device, plan_memory
 from tests.worker_exit import finish_worker
+
+ZERO_OPTIMIZERS = (DeepSpeedZeroOptimizer, DeepSpeedZeroOptimizer_Stage3)
 
 LAYERS, WIDTH = 7, 192
 
@@ -54,12 +59,12 @@ class MemoryMeter(pl.Callback):
     """Runs after the scheduler's hook: what the rank holds once each phase's transition is done."""
 
     def __init__(self) -> None:
-        self.rss: list[int] = []
+        self.live_optimizers: list[int] = []  # ZeRO optimizers alive after each transition: the old ones let go
         self.state: list[dict[str, int]] = []
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        trim_host_memory()
-        self.rss.append(psutil.Process().memory_info().rss)
+        gc.collect()  # what is still alive is still referenced
+        self.live_optimizers.append(sum(isinstance(o, ZERO_OPTIMIZERS) for o in gc.get_objects()))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         trainable = sum(
@@ -146,7 +151,13 @@ def main() -> None:
     with meta_device():  # the plan made before launch, for the same model, schedule and world
         plan = plan_memory(schedule, Tower(), "deepspeed", world, zero_stage=args.stage)
     planned = [phase.bytes_per_rank for phase in plan.phases]
-    result = {"world": world, "rss": meter.rss, "state": meter.state, "rebuilds": rebuilds, "reads": reads}
+    result = {
+        "world": world,
+        "live_optimizers": meter.live_optimizers,
+        "state": meter.state,
+        "rebuilds": rebuilds,
+        "reads": reads,
+    }
     result["plan"] = planned
     (out / f"memory-rank{trainer.global_rank}.json").write_text(json.dumps(result))
     finish_worker()

@@ -136,6 +136,8 @@ def main() -> None:
         logger=False,
     )
     model = Recorder(lr=0.05, scripted_val_loss=SCRIPT)
+    if last.exists() and trainer.global_rank == 0:
+        print(f"fts_dist test: resuming from {last}", flush=True)  # tests.reliability.driver.RESUMED_MARK
     trainer.fit(
         model,
         DataLoader(data, batch_size=BATCH, sampler=sampler),
