@@ -192,8 +192,8 @@ class FinetuningScheduler(Callback):
             self._apply(plan, trainer)
 
     def step_pg(self, optimizer: Any, depth: int, depth_sync: bool = True) -> None:
-        """Thaw phases up to ``depth`` and give each an optimizer group. ``depth_sync`` has no effect: the groups
-        always follow the thawed phases."""
+        """Move to phase ``depth`` now: thaw the phases up to it and give each an optimizer group (the schedule
+        carries on from there). ``depth_sync`` has no effect: the groups always follow the thawed phases."""
         if optimizer is not self._trainer.optimizers[0]:
             raise FTSConfigError("step_pg() applies to the trainer's optimizer only.", key="optimizer")
         if depth < self.curr_depth:
@@ -202,7 +202,7 @@ class FinetuningScheduler(Callback):
                 "again. Give a depth of at least the current one.",
                 key="depth",
             )
-        self._adapter.apply_plan(self._coordinator.resume_plan(self._trainer.current_epoch, depth), self._trainer)
+        self._adapter.apply_plan(self._coordinator.jump(self._trainer.current_epoch, depth), self._trainer)
 
     def restore_best_ckpt(self) -> None:
         """Restore the best checkpoint's weights and optimizer state, keeping the current phase's groups."""

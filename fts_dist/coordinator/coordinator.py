@@ -111,6 +111,14 @@ class ScheduleCoordinator:
             self.state.phase_start_epochs.append(plan.epoch)
         return plan
 
+    def jump(self, epoch: int, depth: int) -> PhasePlan:
+        """Move to ``depth`` now (every rank calls it with the same arguments), each phase skipped starting at
+        ``epoch``; the plan that brings the trainable set and optimizer groups there."""
+        for _ in range(self.state.depth, depth):
+            self.state.phase_start_epochs.append(epoch)
+        self.state.depth = max(self.state.depth, depth)
+        return build_plan(self.schedule, depth, epoch, self.phase_lrs, None)
+
     def resume_plan(self, epoch: int, depth: int | None = None, restore: CheckpointRef | None = None) -> PhasePlan:
         """The plan that rebuilds the trainable set and optimizer groups of ``depth`` (default: the current one),
         e.g. after a restart, restoring ``restore`` first if given."""

@@ -9,12 +9,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 from fts_dist import FinetuningScheduler, FTSCheckpoint, FTSConfigError, FTSEarlyStopping
+from tests.fuzzing import examples
 from tests.lightning.conftest import Recorder
 from tests.modules import loaders
 from tests.unit.test_schedule_fuzz import assert_names_its_location, schedules
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(25), suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=schedules)
 def test_fuzzed_schedules_fail_before_the_first_step_or_train(tmp_path: Path, raw) -> None:
     model = Recorder()

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from fts_dist import FTSConfigError
 from fts_dist.schedule import Schedule, load_schedule_file, resolve_schedule
+from tests.fuzzing import examples
 
 NAMES = [f"layers.{i}.{kind}" for i in range(4) for kind in ("weight", "bias")]
 VALID = {
@@ -64,7 +65,7 @@ def assert_names_its_location(err: FTSConfigError) -> None:
         assert err.key in message or repr(err.key) in message, message
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400))
 @given(raw=st.one_of(schedules, anything), epoch_transitions_only=st.booleans())
 def test_malformed_schedule_dicts_raise_only_ftsconfigerror(raw, epoch_transitions_only: bool) -> None:
     try:
@@ -96,7 +97,7 @@ def mutated_yaml(draw) -> str:
     return text
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(300), suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=mutated_yaml())
 def test_mutated_schedule_files_raise_only_ftsconfigerror(tmp_path: Path, text: str) -> None:
     path = tmp_path / "schedule.yaml"
