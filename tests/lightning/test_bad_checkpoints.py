@@ -51,3 +51,17 @@ def test_a_bad_best_checkpoint_is_named_and_the_last_good_one_stays(fit, tmp_pat
 
 def depths_by_epoch_seen(model) -> list[int]:
     return [len(record["lrs"]) - 1 for record in model.records]
+
+
+@pytest.mark.parametrize("damage", [truncate, foreign], ids=lambda f: f.__name__)
+def test_resuming_from_a_damaged_checkpoint_is_refused_before_anything_loads(fit, tmp_path: Path, damage) -> None:
+    """``fit(ckpt_path=...)`` checks the file against its manifest first: a truncated one, or a readable checkpoint
+    of another run in its place, is named, and the file is left as it is."""
+    fit(Recorder(), ft_schedule=SCHEDULE, max_epochs=2, save_last=True)
+    last = tmp_path / "ckpts" / "last.ckpt"
+    damage(last)
+    damaged = last.read_bytes()
+    resumed = Recorder()
+    with pytest.raises(CheckpointRestoreError, match=r"Cannot resume from the checkpoint '.*last.ckpt'"):
+        fit(resumed, ft_schedule=SCHEDULE, max_epochs=4, ckpt_path=str(last))
+    assert resumed.records == [] and last.read_bytes() == damaged  # no epoch ran; the file is untouched
