@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 
 from fts_dist.adapters import CheckpointRestoreError
+from fts_dist.checkpoint_manifest import sidecar_path
 from tests.lightning.conftest import Recorder
 from tests.modules import SCHEDULE
 
@@ -65,3 +66,24 @@ def test_resuming_from_a_damaged_checkpoint_is_refused_before_anything_loads(fit
     with pytest.raises(CheckpointRestoreError, match=r"Cannot resume from the checkpoint '.*last.ckpt'"):
         fit(resumed, ft_schedule=SCHEDULE, max_epochs=4, ckpt_path=str(last))
     assert resumed.records == [] and last.read_bytes() == damaged  # no epoch ran; the file is untouched
+
+
+def test_a_best_checkpoint_of_another_depth_without_a_manifest_is_refused_naming_its_groups(
+    fit, tmp_path: Path
+) -> None:
+    """A checkpoint written before manifests existed passes the checks that can be made; one of the wrong depth
+    (here: one saved in phase 1, two groups, copied over phase 0's best) is still refused before the
+    transition changes anything, saying how many optimizer groups it holds."""
+
+    class SwapBest(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            if trainer.current_epoch == 3:  # in phase 1, whose checkpoints hold two groups
+                best = Path(trainer.checkpoint_callback.best_model_path)
+                trainer.save_checkpoint(tmp_path / "phase1.ckpt")
+                best.write_bytes((tmp_path / "phase1.ckpt").read_bytes())
+                sidecar_path(best).unlink()  # as if written before manifests
+
+    model = Recorder(scripted_val_loss=[1.0, 0.5, 0.9, 0.8])
+    with pytest.raises(CheckpointRestoreError, match=r"it holds 2 optimizer group\(s\) where this schedule expects 1"):
+        fit(model, ft_schedule=SCHEDULE, max_epochs=5, save_last=True, extra_callbacks=[SwapBest()])
+    assert depths_by_epoch_seen(model) == [0, 0, 0, 1], "no epoch ran at phase 2"
