@@ -15,6 +15,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.core.optimizer import LightningOptimizer
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
@@ -64,7 +65,8 @@ class MemoryMeter(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         gc.collect()  # what is still alive is still referenced
-        self.live_optimizers.append(sum(isinstance(o, ZERO_OPTIMIZERS) for o in gc.get_objects()))
+        live = [o for o in gc.get_objects() if isinstance(o, ZERO_OPTIMIZERS) and not isinstance(o, LightningOptimizer)]
+        self.live_optimizers.append(len(live))  # Lightning's wrapper is a subclass instance sharing its state
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         trainable = sum(
