@@ -27,6 +27,7 @@ from fts_dist.optim.reinit import (
     check_lr_schedulers_bound,
     reapply_learning_rates,
 )
+from fts_dist.runtime.stalls import mark
 
 if TYPE_CHECKING:
     import torch
@@ -68,6 +69,7 @@ def _without_collector_pauses() -> Iterator[None]:
 
 
 def _apply_plan(adapter: StrategyAdapter, plan: PhasePlan, trainer: pl.Trainer, check_replicas: bool) -> None:
+    mark(f"in the transition to phase {plan.depth}: starting")
     before = GroupSettings.capture(trainer.optimizers[0], lr_schedulers(trainer))
     held = len(before.groups) - adapter.group_count(0)  # the depth the optimizer holds groups for
     if plan.restore is not None:
@@ -75,9 +77,11 @@ def _apply_plan(adapter: StrategyAdapter, plan: PhasePlan, trainer: pl.Trainer, 
         if saved_optimizer_phase != adapter.optimizer_phase:  # the checkpoint's state loads into its own kind
             _replace_optimizer(adapter, plan, trainer, saved_optimizer_phase, held)
         _restore(adapter, plan, trainer)
+    mark(f"in the transition to phase {plan.depth}: thaw and replica check")
     adapter.thaw(trainer.lightning_module, plan.trainable)
     if check_replicas:  # before any optimizer change: a ZeRO rebuild's collectives assume the ranks agree
         adapter.check_replicas(trainer.lightning_module, plan.depth)
+    mark(f"in the transition to phase {plan.depth}: optimizer groups")
     _add_phase_groups(adapter, plan, trainer, held)  # what a restore dropped
     optimizer_phase = plan.optimizer_phase(plan.depth)
     if optimizer_phase != adapter.optimizer_phase:
@@ -142,8 +146,10 @@ def _restore(adapter: StrategyAdapter, plan: PhasePlan, trainer: pl.Trainer) -> 
     """Collective: every rank checks its part of the checkpoint and all agree, before any rank loads; then every
     rank loads, and all agree again: a failure on any rank is raised on every rank."""
     assert plan.restore is not None
+    mark(f"in the transition to phase {plan.depth}: restore")
     adapter.comm.barrier()  # the writer finished before anyone reads
     verify_before_load(adapter.comm, plan.restore.path, "restore the best checkpoint")
+    mark(f"in the transition to phase {plan.depth}: loading the checkpoint")
     failure = None
     try:
         adapter.load_checkpoint_state(plan.restore.path, plan.trainable_phases(plan.restore.depth), trainer)

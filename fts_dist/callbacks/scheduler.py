@@ -22,6 +22,7 @@ from fts_dist.callbacks.dependencies import check_keeps_a_best_checkpoint, ensur
 from fts_dist.callbacks.early_stopping import FTSEarlyStopping
 from fts_dist.callbacks.memory_report import PhaseMemory
 from fts_dist.callbacks.reports import check_unused_parameters, end_of_fit_line
+from fts_dist.callbacks.stall_marks import StallMarks
 from fts_dist.coordinator import (
     CheckpointRef,
     PhasePlan,
@@ -75,7 +76,12 @@ class FinetuningScheduler(Callback):
         log_dir: where the schedule files go (default: ``Trainer.log_dir``, else ``default_root_dir``).
         frozen_bn_eval: keep BatchNorm layers whose parameters are all frozen in eval mode while training (they
             normalise with their running statistics and leave them unchanged), phase by phase.
-        check_replicas: after each transition, compare trainable sets and weight checksums across ranks.
+        check_replicas: at each transition, right after the thaw, compare trainable sets and weight checksums across
+            ranks.
+        stall_timeout: seconds a rank may go without progress (a step, a backward, a validation batch, a step of a
+            transition, a checkpoint save) before the job ends with exit status 76, every rank reporting where each
+            rank was and naming the one behind (:mod:`fts_dist.runtime.stalls`). Set it above your longest
+            checkpoint save. ``None`` (default): bounded only by the process-group timeout.
 
     Example::
 
@@ -104,6 +110,7 @@ class FinetuningScheduler(Callback):
         log_dir: str | os.PathLike[str] | None = None,
         frozen_bn_eval: bool = False,
         check_replicas: bool = True,
+        stall_timeout: float | None = None,
     ) -> None:
         if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < -1:
             raise FTSConfigError(
@@ -113,6 +120,14 @@ class FinetuningScheduler(Callback):
             raise FTSConfigError(
                 f"`base_max_lr` must be a positive number or None, got {base_max_lr!r}.", key="base_max_lr"
             )
+        if stall_timeout is not None and (
+            isinstance(stall_timeout, bool) or not (isinstance(stall_timeout, int | float) and stall_timeout > 0)
+        ):
+            raise FTSConfigError(
+                f"`stall_timeout` must be a positive number of seconds or None, got {stall_timeout!r}.",
+                key="stall_timeout",
+            )
+        self.stall_timeout = stall_timeout
         self.ft_schedule = ft_schedule
         self.max_depth = max_depth
         self.base_max_lr = base_max_lr
@@ -243,6 +258,9 @@ class FinetuningScheduler(Callback):
         self.adapter.enforce_phase0_params = self.enforce_phase0_params
         self.adapter.validate_strategy(trainer)
         self.adapter.prepare_checkpointing(trainer, self._resume_from_metadata)
+        callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
+        if self.stall_timeout is not None and not any(isinstance(c, StallMarks) for c in callbacks):
+            callbacks.append(StallMarks(self.stall_timeout, lambda: self.curr_depth))  # the watchdog's marks
         ranks = self._liveness.start(self.adapter.comm, trainer.local_rank)
         if ranks:
             rank_zero_info(ranks)

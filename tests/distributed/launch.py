@@ -30,7 +30,13 @@ class Run:
 
 
 def launch(
-    out_dir: Path, *args: str, launcher: str = "torchrun", reference: bool = False, world: int = 2, gpu: bool = False
+    out_dir: Path,
+    *args: str,
+    launcher: str = "torchrun",
+    reference: bool = False,
+    world: int = 2,
+    gpu: bool = False,
+    timeout_s: float = TIMEOUT_S,
 ) -> Run:
     """Run the worker (``world`` ranks, or 1 for the reference) and return its exit status, output and results;
     ``gpu`` runs it on CUDA devices."""
@@ -53,7 +59,7 @@ def launch(
         ]
     else:
         command = [sys.executable, *worker_args]
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s)
     return Run(proc.returncode, proc.stdout + proc.stderr, out_dir)
 
 

@@ -134,3 +134,17 @@ def test_ddp_options_survive_every_rewrap(tmp_path: Path) -> None:
     assert ddp["synced"] == sorted(run.rank(0)["final"])  # the final wrapper syncs every (now thawed) parameter
     assert ddp["init_syncs"] == 1  # Lightning's first wrap broadcasts; re-wraps after a passed replica check do not
     assert_replicas_equal_every_epoch(run)
+
+
+@pytest.mark.parametrize("where", ["step", "transition"])
+def test_a_stalled_rank_ends_the_job_within_the_stall_timeout_and_is_named(tmp_path: Path, where: str) -> None:
+    """Rank 1 stops for 10 minutes (in a training step, or entering the epoch-1 transition) under
+    ``stall_timeout=10``: the job ends long before (the launch is bounded: a 10-minute wait fails the test), exit
+    status 76, and the report lists every rank's last step, phase and place and names rank 1 as the one behind."""
+    run = launch(tmp_path, "--mode", "epochs", "--stall", where, "--stall-timeout", "10", timeout_s=150)
+    assert run.returncode != 0
+    assert "fts_dist: stall: no progress for 10 s; rank(s) [1] behind" in run.output, run.output[-3000:]
+    assert "fts_dist: stall:   rank 0: step " in run.output and "fts_dist: stall:   rank 1: step " in run.output
+    assert "exitcode  : 76" in run.output  # torchrun's summary: the watchdog's status
+    if where == "transition":
+        assert "rank 0: step 3, phase 0, in the transition to phase 1: restore" in run.output  # waits for rank 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +266,29 @@ def plant_checkpoint_faults(checkpoint: Path) -> dict[str, str | None]:
     return raised
 
 
+class StallRankOne(pl.Callback):
+    """Rank 1 stops for 10 minutes at epoch 1: in its second training step, or entering the transition."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.where != "transition" or trainer.global_rank != 1:
+            return
+        scheduler = next(c for c in trainer.callbacks if isinstance(c, FinetuningScheduler))
+        apply_plan = scheduler.adapter.apply_plan
+
+        def stalled(plan: Any, *args: Any, **kwargs: Any) -> None:
+            time.sleep(600)
+            apply_plan(plan, *args, **kwargs)
+
+        scheduler.adapter.apply_plan = stalled  # type: ignore[method-assign]
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self.where == "step" and trainer.global_rank == 1 and trainer.current_epoch == 1 and args[1] == 1:
+            time.sleep(600)
+
+
 class RaiseOnRankOne(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.global_rank == 1 and trainer.current_epoch == 1:
@@ -402,6 +426,8 @@ def main() -> None:
         default="none",
     )
     parser.add_argument("--faults", action="store_true", help="after training: damage the best checkpoint on rank 1")
+    parser.add_argument("--stall", choices=["step", "transition"], help="rank 1 stops for 10 minutes at epoch 1")
+    parser.add_argument("--stall-timeout", type=float, default=None, help="FinetuningScheduler(stall_timeout=...)")
     parser.add_argument("--max-epochs", type=int, default=5)
     parser.add_argument("--ddp-options", action="store_true", help="non-default DDP options that must survive")
     parser.add_argument("--bf16", action="store_true", help="FSDP2 MixedPrecisionPolicy(bf16, reduce fp32)")
@@ -435,6 +461,7 @@ def main() -> None:
             check_replicas=not args.naive,
             restore_best=args.plant not in ("mismatch", "both") and not args.no_restore,
             apply_lambdas_new_pgs=args.apply_lambdas,
+            stall_timeout=args.stall_timeout,
         ),  # a restore would heal the planted fault
         FTSCheckpoint(monitor="val_loss", dirpath=out / "ckpts"),
     ]
@@ -451,6 +478,8 @@ def main() -> None:
     planted = {"mismatch": [PlantMismatch()], "raise": [RaiseOnRankOne()], "trainable": [PlantTrainable()]}
     planted["both"] = [PlantMismatch(), PlantTrainable()]  # rank 1 diverges and thaws a tensor too many
     planted["truncate"] = [TruncateOwnShards(epoch=4)]  # early-stopping-stale restores phase 0's best at epoch 4
+    if args.stall:
+        planted[args.plant] = [*planted.get(args.plant, []), StallRankOne(args.stall)]
     callbacks = planted.get(args.plant, []) + callbacks
     if args.kill_writing_last_at is not None:
         callbacks.append(KillDuringCheckpointWrite(args.kill_writing_last_at))
