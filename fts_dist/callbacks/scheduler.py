@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from typing_extensions import override
 from fts_dist.adapters import StrategyAdapter, resolve_adapter
 from fts_dist.callbacks.batchnorm import FrozenBatchNormPolicy
 from fts_dist.callbacks.checkpoint import FTSCheckpoint
+from fts_dist.callbacks.coordinated_stop import CoordinatedStop
 from fts_dist.callbacks.dependencies import check_keeps_a_best_checkpoint, ensure_callbacks
 from fts_dist.callbacks.early_stopping import FTSEarlyStopping
 from fts_dist.callbacks.memory_report import PhaseMemory
@@ -36,6 +38,7 @@ from fts_dist.log import logger, rank_zero_info
 from fts_dist.optim.param_groups import GroupSettings
 from fts_dist.optim.reinit import check_new_lr_schedulers, check_reinit_classes
 from fts_dist.runtime.liveness import RankLiveness
+from fts_dist.runtime.preemption import PreemptedStop, signal_names
 from fts_dist.schedule import ResolvedSchedule, Schedule, ScheduleSource, load_schedule, write_schedule_file
 
 _DEPTH_METRIC = "finetuning_depth"
@@ -82,6 +85,10 @@ class FinetuningScheduler(Callback):
             transition, a checkpoint save) before the job ends with exit status 76, every rank reporting where each
             rank was and naming the one behind (:mod:`fts_dist.runtime.stalls`). Set it above your longest
             checkpoint save. ``None`` (default): bounded only by the process-group timeout.
+        stop_signals: signals (e.g. ``("SIGUSR1", "SIGTERM")``) that stop the run at the next step boundary: the ranks
+            agree, save ``last.ckpt`` in the checkpoint callback's directory together, rank 0 requeues a SLURM job,
+            and the process exits with status 85 (:mod:`fts_dist.runtime.preemption`). Default: the comma-separated
+            names in ``$FTS_DIST_STOP_SIGNALS``, else none (the signals keep their usual effect).
 
     Example::
 
@@ -111,6 +118,7 @@ class FinetuningScheduler(Callback):
         frozen_bn_eval: bool = False,
         check_replicas: bool = True,
         stall_timeout: float | None = None,
+        stop_signals: Sequence[str] | str | None = None,
     ) -> None:
         if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < -1:
             raise FTSConfigError(
@@ -128,6 +136,10 @@ class FinetuningScheduler(Callback):
                 key="stall_timeout",
             )
         self.stall_timeout = stall_timeout
+        try:
+            self.stop_signals = signal_names(stop_signals)
+        except ValueError as err:
+            raise FTSConfigError(f"`stop_signals`: {err}.", key="stop_signals") from None
         self.ft_schedule = ft_schedule
         self.max_depth = max_depth
         self.base_max_lr = base_max_lr
@@ -261,6 +273,8 @@ class FinetuningScheduler(Callback):
         callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
         if self.stall_timeout is not None and not any(isinstance(c, StallMarks) for c in callbacks):
             callbacks.append(StallMarks(self.stall_timeout, lambda: self.curr_depth))  # the watchdog's marks
+        if self.stop_signals and not any(isinstance(c, CoordinatedStop) for c in callbacks):
+            callbacks.append(CoordinatedStop(self.stop_signals, self.checkpoint))
         ranks = self._liveness.start(self.adapter.comm, trainer.local_rank)
         if ranks:
             rank_zero_info(ranks)
@@ -347,6 +361,9 @@ class FinetuningScheduler(Callback):
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, PreemptedStop):
+            rank_zero_info(exception.message)
+            return
         # printed by the failing rank itself (not rank 0 only), so a multi-rank log names who failed
         peers = self._liveness.describe_failure()
         print(

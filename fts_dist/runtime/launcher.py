@@ -17,6 +17,8 @@ import shlex
 import sys
 from collections.abc import Mapping, Sequence
 
+from fts_dist.runtime.preemption import SIGNALS_ENV
+
 _DEFAULT_PORT = "29500"
 
 
@@ -83,6 +85,20 @@ def command(
     return [sys.executable, "-m", "torch.distributed.run", *launch, "-m", "fts_dist.cli", *user_args]
 
 
+_AGENT_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")  # what torchrun's agent forwards to its workers by default
+
+
+def agent_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """What torchrun's agent must see so that the signals fts_dist stops on (``$FTS_DIST_STOP_SIGNALS``) reach the
+    workers: the agent forwards only ``$TORCHELASTIC_SIGNALS_TO_HANDLE``, and any other signal (SIGUSR1, which SLURM's
+    ``--signal=USR1@90`` sends) would kill the agent instead. The agent SIGKILLs its workers 30 s after forwarding
+    (torch 2.13), so the coordinated save must take less than that."""
+    stop = [name.strip() for name in env.get(SIGNALS_ENV, "").split(",") if name.strip()]
+    if not stop or "TORCHELASTIC_SIGNALS_TO_HANDLE" in env:
+        return {}
+    return {"TORCHELASTIC_SIGNALS_TO_HANDLE": ",".join(dict.fromkeys([*_AGENT_SIGNALS, *stop]))}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     dry_run = "--dry-run" in argv[: argv.index("--") if "--" in argv else len(argv)]
@@ -95,9 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LaunchConfigError as err:
         print(f"fts-dist launcher: {err}", file=sys.stderr)
         return 2
-    print("+ " + shlex.join(full), flush=True)
+    agent = agent_environment(os.environ)
+    print("+ " + shlex.join([*(f"{k}={v}" for k, v in agent.items()), *full]), flush=True)
     if dry_run:
         return 0
+    os.environ.update(agent)
     os.execv(full[0], full)
     return 0  # not reached
 

@@ -57,8 +57,11 @@ def test_sbatch_launches_torchrun_on_the_node_with_a_rendezvous_on_node_0(tmp_pa
         "--nnodes 4 --node_rank 3 --nproc_per_node 8 --max-restarts 2",
         "--rdzv-endpoint gpu07-ib:29500 --rdzv-id 777",  # scontrol's answer wins over parsing the nodelist
         "-m fts_dist.cli fit --config cfg.yaml --trainer.max_epochs=3 --ckpt_path=last",
+        # torchrun's agent forwards SLURM's SIGUSR1 to the workers, which stop together (instead of dying with it)
+        "TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 ",
     ):
         assert expected in printed
+    assert "#SBATCH --signal=USR1@90" in (ROOT / "launch" / "slurm.sbatch").read_text()
 
 
 def test_sbatch_without_scontrol_takes_the_first_host_of_the_nodelist(tmp_path: Path) -> None:

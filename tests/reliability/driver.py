@@ -67,13 +67,15 @@ def start(
     world: int,
     *args: str,
     kill_after_publish: float | None = None,
+    signal_after_publish: tuple[int, signal.Signals] | None = None,
     timeout_s: float = START_TIMEOUT_S,
     **kwargs: Any,
 ) -> Attempt:
     """One start of the job, bounded by ``timeout_s`` (a job still running then fails the test). With
     ``kill_after_publish``, it and all its descendants are SIGKILLed (a preemption) that many seconds after this
     start published its first checkpoint to resume from (``resume/last.ckpt`` replaced), or at once if it ends
-    first."""
+    first. With ``signal_after_publish=(rank, signal)``, that rank alone gets the signal then, and the start runs
+    on to its end."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     env.pop("MASTER_PORT", None)  # torchrun binds port 0; Lightning's launcher picks its own
     log = out / f"attempt-{time.monotonic_ns()}.log"
@@ -88,10 +90,14 @@ def start(
         killed = False
         deadline = started + timeout_s
         while proc.poll() is None and time.monotonic() < deadline:
-            if kill_after_publish is not None and _version(last) not in (None, before):
+            published = _version(last) not in (None, before)
+            if kill_after_publish is not None and published:
                 time.sleep(kill_after_publish)
                 killed = proc.poll() is None
                 break
+            if signal_after_publish is not None and published:
+                signal_rank(proc.pid, *signal_after_publish)
+                signal_after_publish = None
             time.sleep(0.05)
         if proc.poll() is None and not killed:
             kill_tree(proc.pid)
@@ -101,6 +107,16 @@ def start(
         proc.wait()
     output = log.read_text()
     return Attempt(proc.returncode, output, time.monotonic() - started, killed, RESUMED_MARK in output)
+
+
+def signal_rank(root: int, rank: int, number: signal.Signals) -> None:
+    """Send ``number`` to the worker of global rank ``rank`` among ``root``'s descendants."""
+    for child in psutil.Process(root).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.environ().get("RANK") == str(rank) and "resumable.py" in " ".join(child.cmdline()):
+                child.send_signal(number)
+                return
+    raise AssertionError(f"no worker of rank {rank} under pid {root}")
 
 
 def _version(path: Path) -> tuple[int, int] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,20 @@ def test_a_kill_inside_a_transition_restore_resumes_and_replays_the_transition(
     assert resumed.returncode == 0, resumed.output[-3000:]
     assert f"phase {nth_restore} of 2 begins" in resumed.output  # replayed, from the last epoch-end checkpoint
     assert_same_weights(final_weights(tmp_path), uninterrupted[1])
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_one_step_and_the_same_command_resumes_to_the_same_weights(
+    tmp_path: Path, uninterrupted
+) -> None:
+    """SIGUSR1 reaches rank 1 only, mid-training (a stateful loader, so a mid-epoch stop resumes at the next batch):
+    both ranks agree at the next step boundary, save one last.ckpt, and exit 85; the same command then resumes from
+    it and ends with the uninterrupted run's weights on both ranks."""
+    stopped = start(tmp_path, 2, "--stop-signals", "SIGUSR1", "--stateful", signal_after_publish=(1, signal.SIGUSR1))
+    assert stopped.returncode != 0 and not finished(tmp_path)
+    assert "fts_dist: received SIGUSR1: stopping at the next step boundary." in stopped.output
+    assert "exitcode  : 85" in stopped.output, stopped.output[-3000:]  # torchrun's summary: the stop's status
+    assert "fts_dist: stopped at step " in stopped.output and "on a signal to another rank; saved" in stopped.output
+    resumed = start(tmp_path, 2, "--stop-signals", "SIGUSR1", "--stateful")
+    assert resumed.returncode == 0 and resumed.resumed, resumed.output[-3000:]
+    assert_same_weights(final_weights(tmp_path), uninterrupted[2])
+    assert_same_weights(final_weights(tmp_path, rank=1), uninterrupted[2])

@@ -1,4 +1,4 @@
-"""A fine-tuning run that resumes from OUT/resume/last.ckpt when it exists, on 1 process or as one DDP rank.
+"""A fine-tuning run that resumes from the newest last.ckpt under OUT when there is one (1 process, or a DDP rank).
 
 Faults are injected from the command line: ``--kill-on-save N`` writes half of the N-th checkpoint of this process
 and SIGKILLs it; ``--kill-on-restore N`` SIGKILLs the process in its N-th transition restore, after the weights
@@ -22,6 +22,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.strategies import DDPStrategy
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from fts_dist import FinetuningScheduler, FTSCheckpoint, FTSEarlyStopping
@@ -100,6 +101,8 @@ def main() -> None:
     parser.add_argument("--die-at-epoch", type=int, default=-1)
     parser.add_argument("--rank", type=int, default=1)
     parser.add_argument("--how", choices=["kill", "raise"], default="kill")
+    parser.add_argument("--stop-signals", default=None, help="FinetuningScheduler(stop_signals=...)")
+    parser.add_argument("--stateful", action="store_true", help="a StatefulDataLoader: mid-epoch resumes exactly")
     args = parser.parse_args()
     out = Path(args.out)
     torch.set_num_threads(1)
@@ -112,9 +115,8 @@ def main() -> None:
     data = TensorDataset(x, (x[:, 0] > 0).long())
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))  # torchrun, or Lightning's launcher
     sampler = DistributedSampler(data, args.world, rank, shuffle=False)
-    last = out / "resume" / "last.ckpt"
     callbacks: list[Any] = [
-        FinetuningScheduler(ft_schedule=SCHEDULE),
+        FinetuningScheduler(ft_schedule=SCHEDULE, stop_signals=args.stop_signals),
         FTSEarlyStopping(monitor="val_loss", patience=1),
         FTSCheckpoint(monitor="val_loss", dirpath=out / "best"),
         ModelCheckpoint(dirpath=out / "resume", filename="latest", save_last=True),
@@ -136,13 +138,14 @@ def main() -> None:
         logger=False,
     )
     model = Recorder(lr=0.05, scripted_val_loss=SCRIPT)
-    if last.exists() and trainer.global_rank == 0:
-        print(f"fts_dist test: resuming from {last}", flush=True)  # tests.reliability.driver.RESUMED_MARK
+    resume = sorted(out.glob("*/last.ckpt"))  # resume/ each epoch; best/ when a signal stopped the run
+    if resume and trainer.global_rank == 0:
+        print(f"fts_dist test: resuming from {resume}", flush=True)  # tests.reliability.driver.RESUMED_MARK
     trainer.fit(
         model,
-        DataLoader(data, batch_size=BATCH, sampler=sampler),
+        (StatefulDataLoader if args.stateful else DataLoader)(data, batch_size=BATCH, sampler=sampler),
         DataLoader(data, batch_size=len(data)),
-        ckpt_path=str(last) if last.exists() else None,
+        ckpt_path="last" if resume else None,  # the newest of them
     )
     final = {k: v.clone() for k, v in model.state_dict().items()}
     atomic_torch_save({"final": final, "depth": callbacks[0].curr_depth}, out / f"final-rank{trainer.global_rank}.pt")
