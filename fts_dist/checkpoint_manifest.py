@@ -86,9 +86,12 @@ def write_file_manifest(written: Path, target: Path) -> None:
     still accepts ``target``'s present content, in case the rename never happens."""
     accepted = [FileRecord(written.stat().st_size, crc32_of(written))]
     previous = _read_file_manifest(target)
+    inodes = [written.stat().st_ino]
     if target.is_file() and previous:
         accepted.append(previous[0])
-    _write_json(sidecar_path(target), {"accepts": [[r.size, r.crc32] for r in accepted]})
+        inodes.append(target.stat().st_ino)
+    content = {"accepts": [[r.size, r.crc32] for r in accepted], "inodes": inodes}
+    _write_json(sidecar_path(target), content)  # a rename keeps the inode: another file in its place does not
 
 
 def problems_before_load(checkpoint: Path, rank: int, world_size: int) -> list[str]:
@@ -96,6 +99,7 @@ def problems_before_load(checkpoint: Path, rank: int, world_size: int) -> list[s
     Every rank checks that each file is there at its size; each checksums the files it owns."""
     if not checkpoint.exists():
         return [f"{checkpoint}: missing"]
+    checkpoint = checkpoint.resolve()  # a linked last.ckpt: the file it names, and that file's manifest
     if checkpoint.is_dir():
         return _directory_problems(checkpoint, rank, world_size)
     accepted = _read_file_manifest(checkpoint)
@@ -148,8 +152,14 @@ def _unrecorded_problems(paths: Iterable[Path]) -> list[str]:
 
 
 def _read_file_manifest(checkpoint: Path) -> list[FileRecord]:
+    """The records the sidecar accepts; none when there is no sidecar, or it belongs to a file since replaced by
+    another way than this module's (a link, a copy): that file is checked as one without a manifest."""
     try:
-        return [FileRecord(*entry) for entry in json.loads(sidecar_path(checkpoint).read_text())["accepts"]]
+        content = json.loads(sidecar_path(checkpoint).read_text())
+        inodes = content.get("inodes")
+        if inodes is not None and checkpoint.exists() and checkpoint.stat().st_ino not in inodes:
+            return []
+        return [FileRecord(*entry) for entry in content["accepts"]]
     except (OSError, ValueError, KeyError, TypeError):
         return []
 

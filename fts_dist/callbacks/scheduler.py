@@ -229,7 +229,14 @@ class FinetuningScheduler(Callback):
                 "again. Give a depth of at least the current one.",
                 key="depth",
             )
+        if depth > self._coordinator.max_depth:
+            raise FTSConfigError(
+                f"step_pg(depth={depth}) is past the last phase {self._coordinator.max_depth}.", key="depth"
+            )
         self._adapter.apply_plan(self._coordinator.jump(self._trainer.current_epoch, depth), self._trainer)
+        if self.early_stopping is not None:
+            self.early_stopping.reset_phase()
+        self._update_final_phase()
 
     def restore_best_ckpt(self) -> None:
         """Restore the best checkpoint's weights and optimizer state, keeping the current phase's groups."""

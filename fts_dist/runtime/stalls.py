@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -121,11 +120,14 @@ class StallWatchdog:
         self._thread.start()
 
     def stop(self) -> None:
-        """This rank is done (its peers no longer wait for its marks); the thread ends."""
+        """This rank is done (its peers no longer wait for its marks): the thread ends first, so no older mark can
+        overwrite the last one."""
         global _WATCHDOG
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
         _BEACON.mark("done", done=True)
         self._publish()
-        self._stop.set()
         _WATCHDOG = None
 
     def _publish(self) -> None:
@@ -143,13 +145,19 @@ class StallWatchdog:
             try:
                 self._publish()
                 progress = self._read()
-            except Exception:  # the store went away: the job is ending anyway
+            except Exception as err:  # the store's host (rank 0 under Lightning's launcher or srun) ended
+                if not self._stop.is_set():
+                    self._end(f"fts_dist: stall: the progress store is gone ({type(err).__name__}): a peer ended.")
                 return
             now = time.monotonic()
             if self.judge.observe(progress, now) and not self._stop.is_set():
-                sys.stderr.write(self.judge.report(progress, now) + f"\nfts_dist: stall: rank {self.rank} ends.\n")
-                sys.stderr.flush()
-                os._exit(STALL_EXIT_CODE)
+                self._end(self.judge.report(progress, now))
+
+    def _end(self, report: str) -> None:
+        os.write(
+            2, (report + f"\nfts_dist: stall: rank {self.rank} ends.\n").encode()
+        )  # no lock the stuck thread holds
+        os._exit(STALL_EXIT_CODE)
 
 
 _WATCHDOG: StallWatchdog | None = None

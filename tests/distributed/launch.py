@@ -42,7 +42,8 @@ def launch(
     ``gpu`` runs it on CUDA devices."""
     # no port is picked here: torchrun's agent binds port 0 (--standalone), Lightning's launcher picks its own
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    env.pop("MASTER_PORT", None)
+    for leaked in ("MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "RANK", "WORLD_SIZE"):
+        env.pop(leaked, None)  # set by an in-process Lightning run: the job would think it was launched already
     env |= {"FTS_TEST_WORLD": str(world), "FTS_TEST_ACCELERATOR": "gpu" if gpu else "cpu"}
     worker_args = [str(WORKER), "--out", str(out_dir), "--launcher", launcher, *args]
     if reference:

@@ -31,8 +31,10 @@ class StepCounter(pl.Callback):
         self.steps += 1
 
 
-def fit_one_process(tmp_path: Path, model: pl.LightningModule, strategy: Any, schedule: Any = None) -> StepCounter:
-    counter = StepCounter()
+def fit_one_process(
+    tmp_path: Path, model: pl.LightningModule, strategy: Any, schedule: Any = None, counter: StepCounter | None = None
+) -> StepCounter:
+    counter = counter or StepCounter()
     schedule = schedule or with_epochs(SCHEDULE)
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -47,6 +49,18 @@ def fit_one_process(tmp_path: Path, model: pl.LightningModule, strategy: Any, sc
     )
     trainer.fit(model, *loaders())
     return counter
+
+
+@pytest.fixture
+def one_rank_process_group():
+    """Lightning's DDP on one device initialises a process group in this process and exports LOCAL_RANK,
+    WORLD_SIZE and MASTER_PORT: both are undone afterwards, or later launches would think they were launched."""
+    saved = dict(os.environ)
+    yield
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def with_epochs(schedule: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
@@ -65,14 +79,18 @@ class ZeroOptimizerRecorder(Recorder):  # type: ignore[misc, valid-type]
         )
 
 
-def test_zero_redundancy_optimizer_overlapping_with_ddp_is_refused_before_the_first_step(tmp_path: Path) -> None:
+def test_zero_redundancy_optimizer_overlapping_with_ddp_is_refused_before_the_first_step(
+    tmp_path: Path, one_rank_process_group: None
+) -> None:
     counter = StepCounter()
     with pytest.raises(FTSConfigError, match=r"overlap_with_ddp=True\) supports a single parameter group"):
-        counter = fit_one_process(tmp_path, ZeroOptimizerRecorder(True), DDPStrategy(process_group_backend="gloo"))
+        fit_one_process(tmp_path, ZeroOptimizerRecorder(True), DDPStrategy(process_group_backend="gloo"), None, counter)
     assert counter.steps == 0
 
 
-def test_a_new_optimizer_over_a_sharded_ddp_optimizer_is_refused_before_the_first_step(tmp_path: Path) -> None:
+def test_a_new_optimizer_over_a_sharded_ddp_optimizer_is_refused_before_the_first_step(
+    tmp_path: Path, one_rank_process_group: None
+) -> None:
     schedule = with_epochs(SCHEDULE)
     schedule[1]["new_optimizer"] = {"optimizer_init": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1}}}
     with pytest.raises(FTSConfigError, match="ZeroRedundancyOptimizer") as raised:
@@ -80,7 +98,9 @@ def test_a_new_optimizer_over_a_sharded_ddp_optimizer_is_refused_before_the_firs
     assert raised.value.phase == 1 or "phase 1" in str(raised.value)
 
 
-def test_fsdp1_full_state_dicts_are_refused_on_a_cpu_accelerator_naming_the_option(tmp_path: Path) -> None:
+def test_fsdp1_full_state_dicts_are_refused_on_a_cpu_accelerator_naming_the_option(
+    tmp_path: Path, one_rank_process_group: None
+) -> None:
     with pytest.raises(FTSConfigError, match="state_dict_type='sharded'"):
         fit_one_process(tmp_path, Recorder(), FSDPStrategy(state_dict_type="full"))
 
@@ -183,8 +203,10 @@ def test_the_multinode_launcher_names_each_missing_setting() -> None:
         assert setting in proc.stderr
 
 
-def accumulated_fit(tmp_path: Path, strategy: Any, batches: int, lr_scale: float = 1.0) -> tuple[Recorder, StepCounter]:
-    counter = StepCounter()
+def accumulated_fit(
+    tmp_path: Path, strategy: Any, batches: int, lr_scale: float = 1.0, counter: StepCounter | None = None
+) -> tuple[Recorder, StepCounter]:
+    counter = counter or StepCounter()
     model = Recorder(lr=0.1 * lr_scale)
     schedule = {d: {**p, **({"lr": p["lr"] * lr_scale} if "lr" in p else {})} for d, p in with_epochs(SCHEDULE).items()}
     trainer = pl.Trainer(
@@ -232,5 +254,5 @@ def test_an_epoch_that_accumulation_does_not_divide_is_refused_under_deepspeed_b
     pytest.importorskip("deepspeed")
     counter = StepCounter()
     with pytest.raises(FTSConfigError, match="does not divide the 3 training batches") as raised:
-        _, counter = accumulated_fit(tmp_path, deepspeed_zero2(), batches=3)
+        accumulated_fit(tmp_path, deepspeed_zero2(), batches=3, counter=counter)
     assert raised.value.key == "accumulate_grad_batches" and counter.steps == 0

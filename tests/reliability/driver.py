@@ -77,7 +77,8 @@ def start(
     first. With ``signal_after_publish=(rank, signal)``, that rank alone gets the signal then, and the start runs
     on to its end."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    env.pop("MASTER_PORT", None)  # torchrun binds port 0; Lightning's launcher picks its own
+    for leaked in ("MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "RANK", "WORLD_SIZE"):
+        env.pop(leaked, None)  # an in-process Lightning run set them; torchrun binds port 0
     log = out / f"attempt-{time.monotonic_ns()}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     last, before = out / "resume" / "last.ckpt", _version(out / "resume" / "last.ckpt")

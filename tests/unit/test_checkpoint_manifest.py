@@ -119,3 +119,14 @@ def test_an_unrecorded_single_file_is_checked_for_what_can_be_checked(tmp_path: 
     assert problems_before_load(tmp_path / "copy.ckpt", 0, 1) == [
         f"{tmp_path / 'copy.ckpt'}: a zip file without its end (truncated)"
     ]
+
+
+def test_a_file_put_in_place_another_way_is_checked_as_one_without_a_manifest(tmp_path: Path) -> None:
+    """Lightning's ``save_last="link"`` removes last.ckpt and links it to another file; the old sidecar speaks
+    for neither the link nor the file it names."""
+    io, last, best = AtomicCheckpointIO(), tmp_path / "last.ckpt", tmp_path / "best.ckpt"
+    io.save_checkpoint({"step": 1}, last)
+    io.save_checkpoint({"step": 2, "more": torch.ones(50)}, best)
+    last.unlink()
+    last.symlink_to(best)
+    assert problems_before_load(last, 0, 1) == []  # the linked file, with its own manifest
