@@ -2,8 +2,11 @@
 boundary asks all ranks, and when one was signalled they save ``last.ckpt`` together and end the run.
 
 :class:`FinetuningScheduler` adds this callback when ``stop_signals`` (or ``$FTS_DIST_STOP_SIGNALS``) names
-signals. A step boundary is never inside a transition (those run at an epoch's start), so the checkpoint is a
-consistent one; ``trainer.fit(..., ckpt_path="last")`` (``fts-dist fit --ckpt_path last``) resumes from it.
+signals. The boundaries are the end of each training step but an epoch's last, and the end of each epoch (after its
+validation): never inside a transition (those run at an epoch's start), a validation or a save, so the checkpoint
+is one Lightning resumes from exactly; ``trainer.fit(..., ckpt_path="last")`` (``fts-dist fit --ckpt_path last``)
+does. A signal in a validation, a transition or a save waits for the next boundary; a second signal changes
+nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +36,15 @@ class CoordinatedStop(Callback):
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:  # the last: the epoch's end, after validation
+            self._stop_if_signalled(trainer)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_if_signalled(trainer)
+
+    def _stop_if_signalled(self, trainer: pl.Trainer) -> None:
+        """Collective: when any rank was signalled, every rank saves ``last.ckpt`` and the run ends."""
         if not any_rank(self.request.received is not None):
             return
         path = self.path()

@@ -23,6 +23,7 @@ from fts_dist.callbacks.coordinated_stop import CoordinatedStop
 from fts_dist.callbacks.dependencies import check_keeps_a_best_checkpoint, ensure_callbacks
 from fts_dist.callbacks.early_stopping import FTSEarlyStopping
 from fts_dist.callbacks.memory_report import PhaseMemory
+from fts_dist.callbacks.rank_states import RankStates
 from fts_dist.callbacks.reports import check_unused_parameters, end_of_fit_line
 from fts_dist.callbacks.stall_marks import StallMarks
 from fts_dist.coordinator import (
@@ -278,6 +279,8 @@ class FinetuningScheduler(Callback):
         self.adapter.validate_strategy(trainer)
         self.adapter.prepare_checkpointing(trainer, self._resume_from_metadata)
         callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
+        if not any(isinstance(c, RankStates) for c in callbacks):
+            callbacks.append(RankStates(lambda: self._adapter.comm))  # each rank's generators and loader position
         if self.stall_timeout is not None and not any(isinstance(c, StallMarks) for c in callbacks):
             callbacks.append(StallMarks(self.stall_timeout, lambda: self.curr_depth))  # the watchdog's marks
         if self.stop_signals and not any(isinstance(c, CoordinatedStop) for c in callbacks):

@@ -66,9 +66,12 @@ class StopRequest:
         self._previous.clear()
 
     def _handle(self, number: int, frame: FrameType | None) -> None:
+        name = signal.Signals(number).name
         if self.received is None:
-            self.received = signal.Signals(number).name
-            sys.stderr.write(f"fts_dist: received {self.received}: stopping at the next step boundary.\n")
+            self.received = name
+            sys.stderr.write(f"fts_dist: received {name}: stopping at the next step boundary.\n")
+        else:
+            sys.stderr.write(f"fts_dist: received {name} again: already stopping at the next step boundary.\n")
 
 
 def any_rank(flag: bool) -> bool:

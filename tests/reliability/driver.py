@@ -45,10 +45,15 @@ class Campaign:
         return sum(a.resumed for a in self.attempts)
 
 
-def command(out: Path, world: int, *args: str, launcher: str = "torchrun", max_restarts: int = 0) -> list[str]:
-    worker = [str(WORKER), "--out", str(out), "--world", str(world), *args]
+def command(
+    out: Path, world: int, *args: str, launcher: str = "torchrun", max_restarts: int = 0, worker: Path = WORKER
+) -> list[str]:
+    """The job's command line: ``worker`` (by default the resumable one, which takes ``--world``) on ``world``
+    ranks."""
+    worker_args = ["--world", str(world)] if worker == WORKER else []
+    line = [str(worker), "--out", str(out), *worker_args, *args]
     if world == 1 or launcher == "lightning":
-        return [sys.executable, *worker]
+        return [sys.executable, *line]
     return [
         sys.executable,
         "-m",
@@ -58,7 +63,7 @@ def command(out: Path, world: int, *args: str, launcher: str = "torchrun", max_r
         "--max-restarts",
         str(max_restarts),
         "--standalone",  # the agent's store binds port 0: no port picked, released, then raced for
-        *worker,
+        *line,
     ]
 
 
@@ -114,7 +119,7 @@ def signal_rank(root: int, rank: int, number: signal.Signals) -> None:
     """Send ``number`` to the worker of global rank ``rank`` among ``root``'s descendants."""
     for child in psutil.Process(root).children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            if child.environ().get("RANK") == str(rank) and "resumable.py" in " ".join(child.cmdline()):
+            if child.environ().get("RANK") == str(rank) and "--out" in child.cmdline():
                 child.send_signal(number)
                 return
     raise AssertionError(f"no worker of rank {rank} under pid {root}")

@@ -30,12 +30,16 @@ def test_a_bad_signal_name_is_refused_when_the_callback_is_built() -> None:
         FinetuningScheduler(stop_signals=["SIGWHATEVER"])
 
 
-def test_a_handled_signal_only_sets_the_flag_and_the_old_handler_comes_back() -> None:
-    request = StopRequest(["SIGUSR1"])
+def test_a_handled_signal_only_sets_the_flag_and_the_old_handler_comes_back(capsys) -> None:
+    request = StopRequest(["SIGUSR1", "SIGHUP"])
     before = signal.getsignal(signal.SIGUSR1)
     assert request.install()
     os.kill(os.getpid(), signal.SIGUSR1)  # would end the process with the default handler
+    os.kill(os.getpid(), signal.SIGHUP)  # a second one: the first is kept
     assert request.received == "SIGUSR1"
+    said = capsys.readouterr().err
+    assert "received SIGUSR1: stopping at the next step boundary" in said
+    assert "received SIGHUP again: already stopping" in said
     request.uninstall()
     assert signal.getsignal(signal.SIGUSR1) == before
     assert any_rank(True) and not any_rank(False)  # one process: the flag itself
