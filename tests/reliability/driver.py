@@ -72,15 +72,15 @@ def start(
     world: int,
     *args: str,
     kill_after_publish: float | None = None,
-    signal_after_publish: tuple[int, signal.Signals] | None = None,
+    signal_after_publish: tuple[int | None, signal.Signals] | None = None,
     timeout_s: float = START_TIMEOUT_S,
     **kwargs: Any,
 ) -> Attempt:
     """One start of the job, bounded by ``timeout_s`` (a job still running then fails the test). With
     ``kill_after_publish``, it and all its descendants are SIGKILLed (a preemption) that many seconds after this
     start published its first checkpoint to resume from (``resume/last.ckpt`` replaced), or at once if it ends
-    first. With ``signal_after_publish=(rank, signal)``, that rank alone gets the signal then, and the start runs
-    on to its end."""
+    first. With ``signal_after_publish=(rank, signal)``, that rank alone (the launcher, for None) gets the signal
+    then, and the start runs on to its end."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     for leaked in ("MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "RANK", "WORLD_SIZE"):
         env.pop(leaked, None)  # an in-process Lightning run set them; torchrun binds port 0
@@ -115,8 +115,12 @@ def start(
     return Attempt(proc.returncode, output, time.monotonic() - started, killed, RESUMED_MARK in output)
 
 
-def signal_rank(root: int, rank: int, number: signal.Signals) -> None:
-    """Send ``number`` to the worker of global rank ``rank`` among ``root``'s descendants."""
+def signal_rank(root: int, rank: int | None, number: signal.Signals) -> None:
+    """Send ``number`` to the worker of global rank ``rank`` among ``root``'s descendants; to ``root`` itself (the
+    launcher, e.g. torchrun's agent) when ``rank`` is None."""
+    if rank is None:
+        os.kill(root, number)
+        return
     for child in psutil.Process(root).children(recursive=True):
         with contextlib.suppress(psutil.Error):
             if child.environ().get("RANK") == str(rank) and "--out" in child.cmdline():

@@ -83,18 +83,20 @@ def test_a_kill_inside_a_transition_restore_resumes_and_replays_the_transition(
     assert_same_weights(final_weights(tmp_path), uninterrupted[1])
 
 
-def test_a_signal_to_one_rank_stops_every_rank_at_one_step_and_the_same_command_resumes_to_the_same_weights(
+def test_sigterm_to_torchruns_agent_reaches_every_rank_which_stop_together_and_the_same_command_resumes(
     tmp_path: Path, uninterrupted
 ) -> None:
-    """SIGUSR1 reaches rank 1 only, mid-training (a stateful loader, so a mid-epoch stop resumes at the next batch):
-    both ranks agree at the next step boundary, save one last.ckpt, and exit 85; the same command then resumes from
-    it and ends with the uninterrupted run's weights on both ranks."""
-    stopped = start(tmp_path, 2, "--stop-signals", "SIGUSR1", "--stateful", signal_after_publish=(1, signal.SIGUSR1))
-    assert stopped.returncode != 0 and not finished(tmp_path)
-    assert "fts_dist: received SIGUSR1: stopping at the next step boundary." in stopped.output
-    assert "exitcode  : 85" in stopped.output, stopped.output[-3000:]  # torchrun's summary: the stop's status
-    assert "fts_dist: stopped at step " in stopped.output and "on a signal to another rank; saved" in stopped.output
-    resumed = start(tmp_path, 2, "--stop-signals", "SIGUSR1", "--stateful")
+    """SIGTERM to the launcher (as a scheduler's time limit sends it): torchrun's agent forwards it to both ranks,
+    which save one last.ckpt at the next step boundary, well within the agent's grace period before its SIGKILL,
+    and exit 85 (the agent itself ends with its SignalException). The same command then resumes from it (a stateful
+    loader, so a mid-epoch stop resumes at the next batch) and ends with the uninterrupted run's weights on both
+    ranks. (tests/reliability/test_preemption.py signals one rank at chosen places, under every strategy.)"""
+    stopped = start(tmp_path, 2, "--stop-signals", "SIGTERM", "--stateful", signal_after_publish=(None, signal.SIGTERM))
+    assert stopped.returncode != 0 and not finished(tmp_path)  # the agent re-raises the signal it got
+    assert "Sending process" in stopped.output and "closing signal SIGTERM" in stopped.output  # the agent forwards
+    assert stopped.output.count("fts_dist: received SIGTERM: stopping at the next step boundary.") == 2
+    assert " on SIGTERM; saved " in stopped.output, stopped.output[-3000:]  # rank 0's report of the saved stop
+    resumed = start(tmp_path, 2, "--stop-signals", "SIGTERM", "--stateful")
     assert resumed.returncode == 0 and resumed.resumed, resumed.output[-3000:]
     assert_same_weights(final_weights(tmp_path), uninterrupted[2])
     assert_same_weights(final_weights(tmp_path, rank=1), uninterrupted[2])
