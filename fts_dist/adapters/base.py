@@ -18,9 +18,12 @@ from typing_extensions import override
 
 from fts_dist.adapters import transition
 from fts_dist.adapters.checkpoint_checks import verify_before_load
+from fts_dist.adapters.checkpoint_sync import CheckpointViews, sync_checkpoint
 from fts_dist.adapters.replicas import ReplicaView, replica_problems, replica_view
+from fts_dist.adapters.resume_path import agree_on_resume_path
 from fts_dist.adapters.strategy_hooks import lightning_method, wrap_lightning_method
-from fts_dist.checkpoint_io import install_atomic_checkpoint_io
+from fts_dist.checkpoint_io import install_atomic_checkpoint_io, remove_path
+from fts_dist.checkpoint_manifest import sidecar_path
 from fts_dist.coordinator import Comm, LocalComm, PhasePlan
 from fts_dist.errors import CheckpointRestoreError, FTSConfigError, ReplicaMismatchError
 from fts_dist.log import rank_zero_info
@@ -87,12 +90,20 @@ class StrategyAdapter:
         self.apply_lambdas_new_pgs = False  # set by the callback: new groups start at lr x the scheduler's lambda
         self.enforce_phase0_params = True  # set by the callback: regroup an optimizer that holds more than phase 0
         self._load_strategy_checkpoint = lightning_method(strategy, "load_checkpoint")  # never intercepted
+        self._checkpoint_views: CheckpointViews | None = None
 
     # -- seams -------------------------------------------------------------------------------------------------
     @property
     def comm(self) -> Comm:
         """Collectives across the ranks that run the schedule."""
         return LocalComm()
+
+    @property
+    def checkpoint_views(self) -> CheckpointViews:
+        """Which ranks see the same copy of each checkpoint directory (nodes without a shared filesystem)."""
+        if self._checkpoint_views is None:
+            self._checkpoint_views = CheckpointViews(self.comm)
+        return self._checkpoint_views
 
     def validate_strategy(self, trainer: pl.Trainer) -> None:
         """Raise :class:`FTSConfigError` for a strategy configuration this adapter cannot run correctly."""
@@ -107,19 +118,29 @@ class StrategyAdapter:
     def prepare_checkpointing(self, trainer: pl.Trainer, before_resume_load: Callable[[dict[str, Any]], None]) -> None:
         """Make checkpoint writes atomic (whole or absent), unless the user configured a checkpoint IO.
 
-        A checkpoint to resume from is checked on every rank before Lightning loads it (the ranks agree first:
-        :func:`~fts_dist.adapters.checkpoint_checks.verify_before_load`). Strategies that restore a checkpoint after
-        setup (sharded, DeepSpeed) load optimizer state and callback states in one call, after ``on_fit_start``: the
-        optimizer's groups must already match the saved depth. For those, ``before_resume_load`` receives the
-        checkpoint's :meth:`checkpoint_metadata` right before Lightning loads a checkpoint to resume from.
+        A checkpoint to resume from is the one rank 0 chose (:mod:`fts_dist.adapters.resume_path`), sent to the
+        nodes that lack it (:func:`~fts_dist.adapters.checkpoint_sync.sync_checkpoint`) and checked on every rank
+        before Lightning loads it (the ranks agree first:
+        :func:`~fts_dist.adapters.checkpoint_checks.verify_before_load`).
+        Strategies that restore a checkpoint after setup (sharded, DeepSpeed) load optimizer state and callback
+        states in one call, after ``on_fit_start``: the optimizer's groups must already match the saved depth. For
+        those, ``before_resume_load`` receives the checkpoint's :meth:`checkpoint_metadata` right before Lightning
+        loads a checkpoint to resume from.
         """
         install_atomic_checkpoint_io(self.strategy)
         after_setup = self.strategy.restore_checkpoint_after_setup
+        for callback in trainer.checkpoint_callbacks:  # each directory's views, before step 0 (said when not shared)
+            directory = getattr(callback, "dirpath", None)
+            if directory:
+                self.checkpoint_views.of(Path(directory))
+        agree_on_resume_path(trainer, self.comm)
+        wrap_lightning_method(self.strategy, "remove_checkpoint", self._remove_from_every_view)
 
         def intercept(load: Callable[..., Any]) -> Callable[..., Any]:
             def load_checkpoint(checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
                 if trainer.state.fn == "fit":
                     path = str(self.strategy.broadcast(checkpoint_path))
+                    sync_checkpoint(self.comm, self.checkpoint_views, path, "resume from the checkpoint")
                     verify_before_load(
                         self.comm, path, "resume from the checkpoint"
                     )  # before any rank starts a collective load
@@ -133,6 +154,18 @@ class StrategyAdapter:
             return load_checkpoint
 
         wrap_lightning_method(self.strategy, "load_checkpoint", intercept)
+
+    def _remove_from_every_view(self, remove: Callable[..., Any]) -> Callable[..., Any]:
+        """Lightning removes an old checkpoint on rank 0 only; each other view's leader removes its own copy."""
+
+        def remove_checkpoint(filepath: Any) -> None:
+            remove(filepath)
+            views = self.checkpoint_views.known(Path(str(filepath)).parent)
+            if views is not None and self.comm.rank != 0 and views.is_leader(self.comm.rank):
+                remove_path(Path(filepath))
+                sidecar_path(Path(filepath)).unlink(missing_ok=True)
+
+        return remove_checkpoint
 
     def after_checkpoint_load(self, trainer: pl.Trainer) -> None:
         """Called after the strategy loaded a checkpoint to resume from (an engine may need to re-link its state)."""

@@ -4,7 +4,8 @@ The strategy writes to a hidden staging directory that moves into place once eve
 (:func:`fts_dist.checkpoint_io.publish`), so a kill mid-write leaves the previous checkpoint whole; a failure on any
 rank is raised on every rank, so no rank waits in the next collective for a peer that gave up. Before it moves,
 each rank records the size and CRC-32 of the files it owns, and rank 0 writes them into the directory's manifest
-(:mod:`fts_dist.checkpoint_manifest`), which every load checks first.
+(:mod:`fts_dist.checkpoint_manifest`), which every load checks first. On nodes without a shared filesystem, each
+view's leader (:mod:`fts_dist.adapters.checkpoint_sync`) publishes its own copy: the shards its ranks wrote.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from fts_dist.adapters.checkpoint_sync import CheckpointViews
 from fts_dist.adapters.strategy_hooks import wrap_lightning_method
 from fts_dist.checkpoint_io import publish, staging_path, tidy_checkpoint_directory
 from fts_dist.checkpoint_manifest import FileRecord, record_owned_files, write_directory_manifest
 from fts_dist.coordinator import Comm
 
 
-def stage_checkpoint_directories(strategy: pl.strategies.Strategy, comm: Comm) -> None:
+def stage_checkpoint_directories(strategy: pl.strategies.Strategy, comm: Comm, views: CheckpointViews) -> None:
     """Have ``strategy`` write each checkpoint that every rank writes into to a hidden staging directory, moved
     into place once all ranks have finished (a failure on any rank is raised on every rank)."""
 
@@ -29,24 +31,25 @@ def stage_checkpoint_directories(strategy: pl.strategies.Strategy, comm: Comm) -
         def save_checkpoint(checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
             target = Path(strategy.broadcast(str(filepath)))
             staging = staging_path(target)
-            _together(comm, lambda: tidy_checkpoint_directory(target.parent), rank_zero_only=True)
+            leads = views.of(target.parent).is_leader(comm.rank)  # rank 0 alone, where every rank sees one copy
+            _together(comm, lambda: tidy_checkpoint_directory(target.parent), only=leads)
             _together(comm, lambda: save(checkpoint, staging, storage_options))  # every rank its shards
             owned: dict[str, FileRecord] = {}
             _together(comm, lambda: owned.update(record_owned_files(staging, comm.rank, comm.world_size)))
             records = {name: record for ranks in comm.all_gather(owned) for name, record in ranks.items()}
-            _together(comm, lambda: write_directory_manifest(staging, records), rank_zero_only=True)
-            _together(comm, lambda: publish(staging, target), rank_zero_only=True)
+            _together(comm, lambda: write_directory_manifest(staging, records), only=comm.rank == 0)
+            _together(comm, lambda: publish(staging, target), only=leads and staging.exists())
 
         return save_checkpoint
 
     wrap_lightning_method(strategy, "save_checkpoint", staged)
 
 
-def _together(comm: Comm, work: Callable[[], Any], rank_zero_only: bool = False) -> None:
-    """Collective: run ``work`` (on every rank, or rank 0 alone) and raise on every rank if it failed on any, so
+def _together(comm: Comm, work: Callable[[], Any], only: bool = True) -> None:
+    """Collective: run ``work`` (on the ranks where ``only`` holds) and raise on every rank if it failed on any, so
     no rank waits in the next collective for a peer that gave up."""
     failure = None
-    if not rank_zero_only or comm.rank == 0:
+    if only:
         try:
             work()
         except Exception as err:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytorch_lightning as pl
 
 from fts_dist.adapters.checkpoint_checks import verify_before_load
+from fts_dist.adapters.checkpoint_sync import sync_checkpoint
 from fts_dist.coordinator import PhasePlan
 from fts_dist.errors import CheckpointRestoreError
 from fts_dist.log import rank_zero_info
@@ -148,6 +149,7 @@ def _restore(adapter: StrategyAdapter, plan: PhasePlan, trainer: pl.Trainer) -> 
     assert plan.restore is not None
     mark(f"in the transition to phase {plan.depth}: restore")
     adapter.comm.barrier()  # the writer finished before anyone reads
+    sync_checkpoint(adapter.comm, adapter.checkpoint_views, plan.restore.path, "restore the best checkpoint")
     verify_before_load(adapter.comm, plan.restore.path, "restore the best checkpoint")
     mark(f"in the transition to phase {plan.depth}: loading the checkpoint")
     failure = None

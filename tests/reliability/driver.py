@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -113,6 +115,60 @@ def start(
         proc.wait()
     output = log.read_text()
     return Attempt(proc.returncode, output, time.monotonic() - started, killed, RESUMED_MARK in output)
+
+
+def start_two_nodes(
+    out: Path, checkpoints: Path, worker: Path, *args: str, timeout_s: float = START_TIMEOUT_S
+) -> Attempt:
+    """One start of ``worker`` as two torchrun agents of one rank each on this host, like two nodes without a shared
+    filesystem: the second runs in a mount namespace of its own where ``checkpoints`` is ``out/node1`` (bind-mounted,
+    so it outlives the start, like a node's local disk), while the first sees the real directory. Root only."""
+    node1 = out / "node1"
+    for directory in (checkpoints, node1):
+        directory.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as probe:  # the store's port: picked, released, then bound by node 0's agent
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for leaked in ("MASTER_PORT", "MASTER_ADDR", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "RANK", "WORLD_SIZE"):
+        env.pop(leaked, None)
+    agent = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
+    agent += ["--master-addr", "127.0.0.1", "--master-port", str(port)]
+    line = [str(worker), "--out", str(out), "--checkpoints", str(checkpoints), *args]
+    own_disk = f"mount --bind {shlex.quote(str(node1))} {shlex.quote(str(checkpoints))} && exec "
+    commands = [
+        [*agent, "--node-rank", "0", *line],
+        ["unshare", "-m", "sh", "-c", own_disk + shlex.join([*agent, "--node-rank", "1", *line])],
+    ]
+    started = time.monotonic()
+    logs = [out / f"node{n}-{time.monotonic_ns()}.log" for n in (0, 1)]
+    procs = []
+    for command_line, log in zip(commands, logs, strict=True):
+        with open(log, "w") as sink:
+            procs.append(subprocess.Popen(command_line, env=env, stdout=sink, stderr=subprocess.STDOUT,
+                                          start_new_session=True))  # fmt: skip
+    deadline = started + timeout_s
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    hung = [p for p in procs if p.poll() is None]
+    for proc in hung:
+        kill_tree(proc.pid)
+    for proc in procs:
+        proc.wait()
+    output = "".join(f"--- node {n} ---\n{log.read_text()}" for n, log in enumerate(logs))
+    if hung:
+        raise AssertionError(f"the two-node job did not end within {timeout_s:.0f} s:\n{output[-3000:]}")
+    code = next((p.returncode for p in procs if p.returncode), 0)
+    return Attempt(code, output, time.monotonic() - started, False, RESUMED_MARK in output)
+
+
+def can_give_a_process_its_own_mounts() -> bool:
+    """Whether ``unshare -m`` with a bind mount works here (root, or CAP_SYS_ADMIN)."""
+    try:
+        done = subprocess.run(["unshare", "-m", "sh", "-c", "mount --bind / /mnt"], capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
 
 
 def signal_rank(root: int, rank: int | None, number: signal.Signals) -> None:

@@ -139,7 +139,7 @@ class DeepSpeedAdapter(DistributedAdapter):
     @override
     def prepare_checkpointing(self, trainer: pl.Trainer, before_resume_load: Callable[[dict[str, Any]], None]) -> None:
         super().prepare_checkpointing(trainer, before_resume_load)
-        stage_checkpoint_directories(self.strategy, self.comm)
+        stage_checkpoint_directories(self.strategy, self.comm, self.checkpoint_views)
 
     @override
     def after_checkpoint_load(self, trainer: pl.Trainer) -> None:

@@ -42,7 +42,7 @@ class ShardedAdapter(DistributedAdapter):
     @override
     def prepare_checkpointing(self, trainer: pl.Trainer, before_resume_load: Callable[[dict[str, Any]], None]) -> None:
         super().prepare_checkpointing(trainer, before_resume_load)
-        stage_checkpoint_directories(self.strategy, self.comm)
+        stage_checkpoint_directories(self.strategy, self.comm, self.checkpoint_views)
 
     @override
     def load_checkpoint_state(self, path: str, phases: Sequence[Sequence[str]], trainer: pl.Trainer) -> None:

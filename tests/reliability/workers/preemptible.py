@@ -5,7 +5,8 @@ where the uninterrupted run does.
 
 ``--stop-at WHERE:AT:RANK`` (repeatable) makes rank RANK send itself SIGUSR1 at one place: ``step`` (the training step
 whose global step is AT), ``validation`` (epoch AT's validation), ``transition`` (while phase AT begins) or ``save``
-(the first checkpoint save of epoch AT). OUT/final-rank{r}.pt gets the whole final weights.
+(the first checkpoint save of epoch AT). OUT/final-rank{r}.pt gets the whole final weights. ``--checkpoints DIR``
+puts the checkpoints elsewhere (a directory each node may see its own copy of).
 """
 
 from __future__ import annotations
@@ -116,8 +117,10 @@ def main() -> None:
     parser.add_argument("--strategy", choices=["ddp", "fsdp2", "zero2"], default="ddp")
     parser.add_argument("--max-epochs", type=int, default=7)
     parser.add_argument("--stop-at", action="append", default=[], help="WHERE:AT:RANK")
+    parser.add_argument("--checkpoints", default=None, help="the checkpoints' directory (default: OUT)")
     args = parser.parse_args()
     out = Path(args.out)
+    checkpoints = Path(args.checkpoints) if args.checkpoints else out
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
     random.seed(100 + rank)
@@ -137,8 +140,8 @@ def main() -> None:
             *signals,
             FinetuningScheduler(ft_schedule=SCHEDULE, stop_signals="SIGUSR1"),
             FTSEarlyStopping(monitor="val_loss", patience=1),
-            FTSCheckpoint(monitor="val_loss", dirpath=out / "best"),
-            ModelCheckpoint(dirpath=out / "resume", filename="latest", save_last=True),
+            FTSCheckpoint(monitor="val_loss", dirpath=checkpoints / "best"),
+            ModelCheckpoint(dirpath=checkpoints / "resume", filename="latest", save_last=True),
         ],
         default_root_dir=out,
         enable_progress_bar=False,
@@ -147,7 +150,7 @@ def main() -> None:
     )
     model = build_model(args.strategy)
     torch.manual_seed(300 + rank)  # after the model's own seeded init: each rank's dropout masks differ
-    resume = sorted(out.glob("*/last.ckpt"))
+    resume = sorted(checkpoints.glob("*/last.ckpt"))  # without a shared filesystem, rank 0's choice counts
     if resume and trainer.global_rank == 0:
         print(f"fts_dist test: resuming from {resume}", flush=True)  # tests.reliability.driver.RESUMED_MARK
     trainer.fit(
