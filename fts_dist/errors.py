@@ -23,3 +23,8 @@ class CheckpointRestoreError(RuntimeError):
 
 class ReplicaMismatchError(RuntimeError):
     """Ranks disagree on the trainable set or the weights after a transition; names the parameters."""
+
+
+class ExportError(ValueError):
+    """A checkpoint cannot be exported as asked: names what is missing (a parameter or buffer the model has and the
+    checkpoint lacks), clashes or is unreadable, and what to do."""

@@ -35,6 +35,7 @@ from fts_dist.coordinator import (
     should_transition,
 )
 from fts_dist.errors import FTSConfigError
+from fts_dist.export.names import model_names
 from fts_dist.log import logger, rank_zero_info
 from fts_dist.optim.param_groups import GroupSettings
 from fts_dist.optim.reinit import check_new_lr_schedulers, check_reinit_classes
@@ -256,6 +257,9 @@ class FinetuningScheduler(Callback):
         trainer = self._trainer_ref
         if trainer is not None and trainer.optimizers:  # saved beside the optimizer state: checked after a resume
             state["optimizer_groups"] = GroupSettings.capture(trainer.optimizers[0], []).groups
+        if trainer is not None and self.adapter is not None:  # what an export must hold (fts_dist.export)
+            module = trainer.lightning_module
+            state["model_names"] = model_names(self.adapter.schedule_parameters(module), module)
         return state
 
     @override

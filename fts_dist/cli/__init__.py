@@ -1,4 +1,5 @@
-"""The ``fts-dist`` command line: ``demo``, ``fit`` (LightningCLI) and ``schedule gen | validate | show``."""
+"""The ``fts-dist`` command line: ``demo``, ``fit`` (LightningCLI), ``schedule gen | validate | show | plan``,
+``export`` and ``ckpt inspect``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from fts_dist._version import __version__
 from fts_dist.cli.demo_cmd import add_demo_parser, run_demo_command
+from fts_dist.cli.export_cmds import add_export_parsers, run_export_command
 from fts_dist.errors import FTSConfigError
 
 
@@ -57,6 +59,7 @@ def _build_parser() -> argparse.ArgumentParser:
         else:
             action.add_argument("--plot", help="also draw the phase timeline to this PNG file")
     _add_plan_parser(actions)
+    add_export_parsers(commands)
     return parser
 
 
@@ -150,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo_command(args)
         if args.command == "schedule":
             return _run_schedule_command(args)
+        if args.command in ("export", "ckpt"):
+            return run_export_command(args)
     except FTSConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -101,3 +101,41 @@ def assert_checkpoint_faults_caught(run: Run, owner: int = 1) -> None:
             finder = owner if kind == "foreign" else 0  # every rank sees a size; the owner reads the bytes
             assert f"rank {finder}: " in message and any(name in message for name in files), (kind, message)
             assert ("missing" in message) == (kind == "missing")
+
+
+def assert_export_equals_final_weights(run: Run, tmp_path: Path) -> None:
+    """``fts-dist export`` of the checkpoint saved after fit (``fit_run.py --final-checkpoint``), in shards of
+    600 bytes, holds every name the checkpoint recorded and the final weights bit for bit."""
+    from safetensors.torch import load_file
+
+    from fts_dist.export import export_checkpoint
+
+    out = tmp_path / "exported"
+    done = export_checkpoint(run.out_dir / "final.ckpt", out, max_shard_size=600)
+    assert not done.unchecked and len(done.files) > 2  # names checked; several shards and their index
+    exported: dict[str, torch.Tensor] = {}
+    for shard in sorted(out.glob("*.safetensors")):
+        exported |= load_file(shard)
+    final = run.rank(0)["final"]
+    assert exported.keys() == final.keys()
+    for name, value in final.items():
+        assert torch.equal(exported[name], value.cpu()), name
+    assert_other_tools_read(run.out_dir / "final.ckpt", final, tmp_path)
+
+
+def assert_other_tools_read(checkpoint: Path, final: dict[str, torch.Tensor], tmp_path: Path) -> None:
+    """The tools users already have keep reading fts_dist's checkpoints: Lightning Fabric's consolidation (an FSDP2
+    directory) and DeepSpeed's ``zero_to_fp32`` (a DeepSpeed one)."""
+    if (checkpoint / "latest").is_file():
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        merged = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint))
+        assert all(torch.equal(merged[name], value.cpu()) for name, value in final.items() if name in merged)
+    elif (checkpoint / ".metadata").is_file() and any(checkpoint.glob("meta.pt")):
+        whole = tmp_path / "fabric-consolidated.ckpt"
+        tool = [sys.executable, "-m", "lightning.fabric.utilities.consolidate_checkpoint", str(checkpoint)]
+        done = subprocess.run([*tool, "--output_file", str(whole)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        consolidated = torch.load(whole, weights_only=False)
+        weights = consolidated.get("state_dict", consolidated.get("model"))
+        assert all(torch.equal(weights[name], value.cpu()) for name, value in final.items())

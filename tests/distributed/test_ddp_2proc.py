@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.distributed.launch import assert_checkpoint_faults_caught, assert_memory_as_planned, launch
+from tests.distributed.launch import (
+    assert_checkpoint_faults_caught,
+    assert_export_equals_final_weights,
+    assert_memory_as_planned,
+    launch,
+)
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(400)]
 REFERENCE_ATOL = 1e-5
@@ -40,7 +45,16 @@ def assert_replicas_equal_every_epoch(run) -> None:
         ),
         (
             "torchrun",
-            ("--mode", "early-stopping", "--scheduler", "steplr", "--max-epochs", "7", "--reinit"),
+            (
+                "--mode",
+                "early-stopping",
+                "--scheduler",
+                "steplr",
+                "--max-epochs",
+                "7",
+                "--reinit",
+                "--final-checkpoint",
+            ),
             [0, 0, 0, 1, 1, 2, 2],
         ),
         ("torchrun", ("--mode", "early-stopping", "--optimizer", "zero", "--max-epochs", "7"), [0, 0, 0, 1, 1, 2, 2]),
@@ -86,6 +100,8 @@ def test_world_size_2_equals_single_process(tmp_path: Path, launcher: str, args:
         assert run.rank(0)["lr_schedulers"] == ["CosineAnnealingLR"]
     assert [len(r["lrs"]) - 1 for r in run.rank(0)["records"]] == depths
     assert_replicas_equal_every_epoch(run)
+    if "--final-checkpoint" in args:
+        assert_export_equals_final_weights(run, tmp_path)
     reference = launch(tmp_path, *(a for a in args if a != "--faults"), reference=True)
     assert reference.returncode == 0, reference.output[-3000:]
     assert max_abs_diff(run.rank(0)["final"], reference.reference()["final"]) < REFERENCE_ATOL

@@ -17,6 +17,7 @@ from tests.distributed.launch import (
     TIMEOUT_S,
     Run,
     assert_checkpoint_faults_caught,
+    assert_export_equals_final_weights,
     assert_memory_as_planned,
     launch,
 )
@@ -52,9 +53,10 @@ def test_zero1_carries_every_group_across_transitions_and_reinitialises_optimize
     (ZeRO 1/2 map parameters onto their optimizer state once, after the first per-group step, when a group added
     later has none yet), and builds a cosine schedule."""
     args = ("--mode", "epochs", "--scheduler", "chained", "--no-restore", "--reinit")
-    run = launch(tmp_path, "--strategy", "zero1", *args, "--faults")
+    run = launch(tmp_path, "--strategy", "zero1", *args, "--faults", "--final-checkpoint")
     assert run.returncode == 0, run.output[-3000:]
     assert_checkpoint_faults_caught(run)  # rank 1's own optimizer partition, damaged after training
+    assert_export_equals_final_weights(run, tmp_path)
     reference = launch(tmp_path, *args, reference=True)
     assert reference.returncode == 0, reference.output[-3000:]
     assert_matches(run, reference.reference(), [0, 1, 1, 2, 2])
@@ -72,9 +74,10 @@ def test_every_zero_stage_restores_an_earlier_phase_across_a_freeze_with_an_lr_s
     before the engine loads it, then regains phase 1's group (with its settings from before) and phase 2's; phase 2
     freezes layers.1 again, which leaves ZeRO's group 1 (layers.2 stays), and halves the earlier groups' learning
     rates."""
-    run = launch(tmp_path, "--strategy", *stage, *REFREEZE, "--faults")
+    run = launch(tmp_path, "--strategy", *stage, *REFREEZE, "--faults", "--final-checkpoint")
     assert run.returncode == 0, run.output[-3000:]
     assert_checkpoint_faults_caught(run)  # rank 1's own partitions, damaged after training
+    assert_export_equals_final_weights(run, tmp_path)  # layers.1 frozen again at the end: coverage counts it
     assert_matches(run, refreeze_reference.reference(), STALE_DEPTHS)
     assert "phase 2 of 2 begins at epoch 4: 130 trainable parameters in 6 tensors, 3 optimizer groups" in run.output
     assert_refrozen(run)

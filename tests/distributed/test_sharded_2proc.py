@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.distributed.launch import Run, assert_checkpoint_faults_caught, assert_memory_as_planned, launch
+from tests.distributed.launch import (
+    Run,
+    assert_checkpoint_faults_caught,
+    assert_export_equals_final_weights,
+    assert_memory_as_planned,
+    launch,
+)
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(400)]
 REFERENCE_ATOL = 1e-5
@@ -61,9 +67,10 @@ def test_fsdp2_restores_an_earlier_phase_across_a_freeze_with_an_lr_scheduler(
 ) -> None:
     """Phase 2 restores phase 0's checkpoint, freezes layers.1 again and halves the earlier groups' learning
     rates."""
-    run = launch(tmp_path, "--strategy", "fsdp2", *REFREEZE, "--faults")
+    run = launch(tmp_path, "--strategy", "fsdp2", *REFREEZE, "--faults", "--final-checkpoint")
     assert run.returncode == 0, run.output[-3000:]
     assert_matches(run, refreeze_reference.reference(), STALE_DEPTHS)
+    assert_export_equals_final_weights(run, tmp_path)  # DCP shards, which Lightning's consolidation tool cannot read
     assert_checkpoint_faults_caught(run)  # rank 1's own DCP shard, damaged after training
     assert "phase 2 of 2 begins at epoch 4: 130 trainable parameters in 6 tensors, 3 optimizer groups" in run.output
     assert_refrozen(run)
@@ -137,9 +144,10 @@ def test_a_kill_mid_sharded_write_keeps_the_last_checkpoint_and_the_resume_match
     assert not (resume_dir / ".last.ckpt.fts-staging" / "meta.pt").exists()  # the interrupted write
     assert torch.load(resume_dir / "last.ckpt" / "meta.pt", weights_only=False)["epoch"] == 3  # the previous one
 
-    resumed = launch(tmp_path, "--strategy", strategy, *extra, *REFREEZE, "--resume", "--faults")
+    resumed = launch(tmp_path, "--strategy", strategy, *extra, *REFREEZE, "--resume", "--faults", "--final-checkpoint")
     assert resumed.returncode == 0, resumed.output[-3000:]
     assert_checkpoint_faults_caught(resumed)
+    assert_export_equals_final_weights(resumed, tmp_path)  # FSDP1's DCP shards
     assert "resumed at phase 1 of 2" in resumed.output
     assert_matches(resumed, refreeze_reference.reference(), [2, 2])
     assert "layers.1.weight" not in resumed.rank(0)["records"][0]["trainable"]

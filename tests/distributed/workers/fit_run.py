@@ -442,6 +442,7 @@ def main() -> None:
     parser.add_argument("--reinit", action="store_true", help="phases 1 and 2 re-initialise optimizer / LR scheduler")
     parser.add_argument("--optimize-all", action="store_true", help="configure_optimizers passes every parameter")
     parser.add_argument("--apply-lambdas", action="store_true", help="apply_lambdas_new_pgs=True")
+    parser.add_argument("--final-checkpoint", action="store_true", help="save OUT/final.ckpt after fit (to export)")
     args = parser.parse_args()
     out = Path(args.out)
     torch.set_num_threads(1)
@@ -505,6 +506,8 @@ def main() -> None:
         logger=False,
     )
     trainer.fit(model, train, DataLoader(data, batch_size=len(data)), ckpt_path="last" if args.resume else None)
+    if args.final_checkpoint:  # every rank: a sharded or DeepSpeed save is collective
+        trainer.save_checkpoint(out / "final.ckpt")
     if isinstance(model, ShardedRecorder):
         final = full_state(trainer.strategy.model)
     else:
