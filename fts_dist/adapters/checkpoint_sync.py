@@ -38,8 +38,8 @@ class CheckpointViews:
         self._known: dict[str, Views] = {}
 
     def of(self, directory: Path) -> Views:
-        if self.comm.world_size == 1 or not _is_local(str(directory)):
-            return Views((0,) * self.comm.world_size)
+        if not _several_processes(self.comm) or not _is_local(str(directory)):
+            return Views((0,) * self.comm.world_size)  # one process sees one copy
         key = os.path.abspath(directory)
         if key not in self._known:
             self._known[key] = probe_views(self.comm, Path(key))
@@ -70,7 +70,7 @@ def probe_views(comm: Comm, directory: Path) -> Views:
 def sync_checkpoint(comm: Comm, views: CheckpointViews, path: str, purpose: str) -> None:
     """Collective: give every view the files of the checkpoint at ``path`` (a file or a directory) it lacks.
     Raises :class:`CheckpointRestoreError` on every rank when a transfer failed on any."""
-    if comm.world_size == 1 or not _is_local(path):
+    if not _several_processes(comm) or not _is_local(path):
         return
     checkpoint = Path(os.path.abspath(path))
     layout = views.of(checkpoint.parent)
@@ -197,6 +197,11 @@ def _all_or_none(comm: Comm, work: object, what: str) -> None:
         raise OSError(
             f"fts_dist: probing the checkpoint directory failed on rank {failed[0][0]} ({what}): {failed[0][1]}"
         )
+
+
+def _several_processes(comm: Comm) -> bool:
+    """Whether the ranks are processes of a real process group (what the probe and the transfers need)."""
+    return comm.world_size > 1 and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _is_local(path: str) -> bool:

@@ -27,7 +27,12 @@ def run_sbatch(tmp_path: Path, nodelist_first_host: str | None, **env: str) -> s
         )
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "FTS_"))}
+    torchrun_style = ("NNODES", "NODE_RANK", "NPROC_PER_NODE", "RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK")
+    environment = {  # only what SLURM sets: an in-process Lightning run leaves NODE_RANK and RANK behind
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "MASTER_", "FTS_")) and k not in torchrun_style
+    }
     environment.update(
         PATH=f"{bin_dir}:{environment['PATH']}",
         PYTHON=sys.executable,
