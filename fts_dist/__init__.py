@@ -14,6 +14,7 @@ from fts_dist.errors import FTSConfigError
 
 if TYPE_CHECKING:
     from fts_dist.callbacks import FinetuningScheduler, FTSCheckpoint, FTSEarlyStopping
+    from fts_dist.export import export_checkpoint, load_pretrained
     from fts_dist.gen import gen_block_schedule, gen_ft_schedule
     from fts_dist.strategies import DeepSpeedStrategy, FSDPStrategy
 
@@ -25,6 +26,8 @@ _LAZY = {
     "FSDPStrategy": "fts_dist.strategies",
     "gen_block_schedule": "fts_dist.gen",
     "gen_ft_schedule": "fts_dist.gen",
+    "export_checkpoint": "fts_dist.export",
+    "load_pretrained": "fts_dist.export",
 }
 
 __all__ = [
@@ -35,8 +38,10 @@ __all__ = [
     "FTSEarlyStopping",
     "FinetuningScheduler",
     "__version__",
+    "export_checkpoint",
     "gen_block_schedule",
     "gen_ft_schedule",
+    "load_pretrained",
 ]
 
 

@@ -18,7 +18,13 @@ def add_export_parsers(commands: Any) -> None:
     export.add_argument(
         "out", help="a directory of shards (with an index when several), or one file ending in .safetensors"
     )
-    export.add_argument("--format", choices=["safetensors", "torch"], default="safetensors")
+    export.add_argument(
+        "--format",
+        choices=["safetensors", "hf", "torch"],
+        default="safetensors",
+        help="hf: a directory transformers' from_pretrained loads (needs --hf-config)",
+    )
+    export.add_argument("--hf-config", help="with --format hf: the model's config.json, or a directory holding it")
     export.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="cast floating tensors")
     export.add_argument("--max-shard-size", default="5GB", help="largest shard, e.g. 5GB or 512MiB (default 5GB)")
     export.add_argument("--strip-prefix", help="remove this prefix from the names that have it, e.g. model.")
@@ -44,6 +50,7 @@ def run_export_command(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             max_shard_size=args.max_shard_size,
             strip_prefix=args.strip_prefix,
+            hf_config=args.hf_config,
         )
     except (ExportError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

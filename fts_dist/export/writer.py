@@ -20,7 +20,7 @@ from fts_dist.export.names import recorded_model_names
 from fts_dist.export.shards import INDEX_NAME, index, parse_size, plan_shards, shard_file_names
 from fts_dist.export.sources import CheckpointSource, open_checkpoint
 
-FORMATS = ("safetensors", "torch")
+FORMATS = ("safetensors", "hf", "torch")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _SHOWN = 10
 
@@ -44,6 +44,7 @@ def export_checkpoint(
     dtype: str | None = None,
     max_shard_size: str | int = "5GB",
     strip_prefix: str | None = None,
+    hf_config: str | Path | None = None,
 ) -> Export:
     """Write the model weights of ``checkpoint`` (a file, a DCP directory or a DeepSpeed directory) to ``out``.
 
@@ -51,27 +52,32 @@ def export_checkpoint(
     ``out`` is a directory of shards no larger than ``max_shard_size`` each (one tensor larger than that gets a
     shard of its own), with ``model.safetensors.index.json`` when there are several. ``dtype`` casts floating
     tensors; ``strip_prefix`` removes a prefix from the names that have it (``model.`` for a LightningModule that
-    holds its network as ``self.model``).
+    holds its network as ``self.model``). ``format="hf"`` writes a directory that ``transformers``'
+    ``from_pretrained`` loads: safetensors shards and the model's ``config.json`` (from ``hf_config``: that file, or
+    a directory holding it), without the output embedding when the config ties it to the input one.
     """
     if format not in FORMATS:
         raise ExportError(f"unknown format {format!r}: choose one of {', '.join(FORMATS)}")
     if dtype is not None and dtype not in DTYPES:
         raise ExportError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    config = _hf_config(hf_config) if format == "hf" else None
     source = open_checkpoint(checkpoint)
     renamed = _renamed(list(source.tensors), strip_prefix)
+    if config is not None and config.get("tie_word_embeddings", True):
+        source.tensors = {n: info for n, info in source.tensors.items() if renamed[n] != "lm_head.weight"}
     result = Export(unchecked=_check_coverage(source, strip_prefix) is None)
     cast = DTYPES[dtype] if dtype else None
     sizes = {name: _cast_size(source, name, cast) for name in source.tensors}
     out = Path(out)
-    single = out.suffix in (".safetensors", ".pt", ".bin")
+    single = out.suffix in (".safetensors", ".pt", ".bin") and format != "hf"
     shards = plan_shards(sizes, sum(sizes.values()) + 1 if single or format == "torch" else parse_size(max_shard_size))
     if single:
         files = [out.name]
         out.parent.mkdir(parents=True, exist_ok=True)
         directory = out.parent
     else:
-        suffix = ".safetensors" if format == "safetensors" else ".bin"
-        files = shard_file_names(len(shards), "model" if format == "safetensors" else "pytorch_model", suffix)
+        suffix = ".bin" if format == "torch" else ".safetensors"
+        files = shard_file_names(len(shards), "pytorch_model" if format == "torch" else "model", suffix)
         out.mkdir(parents=True, exist_ok=True)
         directory = out
     for names, file in zip(shards, files, strict=True):
@@ -83,12 +89,27 @@ def export_checkpoint(
         result.tensors += len(names)
         result.bytes += shard_bytes
         result.largest_shard_bytes = max(result.largest_shard_bytes, shard_bytes)
+    if config is not None:
+        (directory / "config.json").write_text(json.dumps(config, indent=2))
+        result.files.append(directory / "config.json")
     if len(files) > 1:
-        index_path = directory / (INDEX_NAME if format == "safetensors" else "pytorch_model.bin.index.json")
+        index_path = directory / ("pytorch_model.bin.index.json" if format == "torch" else INDEX_NAME)
         renamed_shards = [[renamed[n] for n in names] for names in shards]
         index_path.write_text(json.dumps(index(renamed_shards, files, result.bytes), indent=2))
         result.files.append(index_path)
     return result
+
+
+def _hf_config(path: str | Path | None) -> dict[str, object]:
+    """The model's ``config.json`` (``path``: the file, or a directory holding it)."""
+    if path is None:
+        raise ExportError(
+            "format 'hf' needs the model's config: pass hf_config (--hf-config), a config.json or its directory"
+        )
+    file = Path(path) / "config.json" if Path(path).is_dir() else Path(path)
+    if not file.is_file():
+        raise ExportError(f"no config.json at '{path}'")
+    return dict(json.loads(file.read_text()))
 
 
 def _check_coverage(source: CheckpointSource, strip_prefix: str | None) -> list[str] | None:
@@ -133,7 +154,7 @@ def _cast(tensor: torch.Tensor, cast: torch.dtype | None) -> torch.Tensor:
 def _write(tensors: dict[str, torch.Tensor], path: Path, format: str) -> None:
     """Write one file atomically (a hidden partial file renamed over ``path``)."""
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    if format == "safetensors":
+    if format != "torch":
         from safetensors.torch import save_file
 
         save_file(tensors, str(partial), metadata={"format": "pt"})

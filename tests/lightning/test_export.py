@@ -80,3 +80,31 @@ def test_the_command_line_exports_and_inspects(trained, tmp_path: Path, capsys) 
     }
     assert main(["export", str(tmp_path / "nothing.ckpt"), str(tmp_path / "x")]) == 1
     assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_load_pretrained_fills_a_meta_model_ties_it_again_and_names_what_the_file_lacks(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    from transformers import AutoModelForCausalLM
+
+    from fts_dist import load_pretrained
+    from fts_dist.examples.causal_lm import CausalLM, build_config, save_pretrained_tiny
+
+    directory = save_pretrained_tiny(tmp_path / "tiny")
+    stored = load_file(directory / "model.safetensors")
+    model = CausalLM().model  # on the meta device
+    with pytest.raises(ExportError, match=r"non-persistent buffers \['model.rotary_emb.inv_freq'"):
+        load_pretrained(model, directory)
+    model = CausalLM().model
+    done = load_pretrained(model, directory, init_buffers=CausalLM._rotary)
+    assert len(done.loaded) == len(stored) == 20 and done.unexpected == []
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # to_empty untied them; tied again
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, stored.get(name, stored["model.embed_tokens.weight"])), name
+    reference = AutoModelForCausalLM.from_pretrained(directory).eval()
+    batch = torch.arange(12).reshape(2, 6)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(input_ids=batch).logits, reference(input_ids=batch).logits)
+    with pytest.raises(ExportError, match=r"lacks 20 of the module's 20 parameters and buffers \(with prefix 'x.'\)"):
+        load_pretrained(
+            AutoModelForCausalLM.from_config(build_config(CausalLM().hparams.config)), directory, prefix="x."
+        )
