@@ -101,6 +101,7 @@ class CausalLM(pl.LightningModule):
     def _shard_with_fsdp2(self) -> None:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        assert self.device_mesh is not None  # ModelParallelStrategy set it
         mesh = self.device_mesh["data_parallel"]
         options: dict[str, Any] = {"mesh": mesh}
         if self.bf16:
@@ -110,11 +111,10 @@ class CausalLM(pl.LightningModule):
         fully_shard(self.model, **options)  # the rest: embeddings, final norm, head
 
     @staticmethod
-    def _rotary(model: torch.nn.Module) -> None:
+    def _rotary(model: Any) -> None:
         """The rotary embedding's frequencies, computed again (no checkpoint holds these buffers)."""
         rotary = model.model.rotary_emb
-        config = rotary.config
-        model.model.rotary_emb = type(rotary)(config).to(next(model.parameters()).device)
+        model.model.rotary_emb = type(rotary)(rotary.config).to(next(model.parameters()).device)
 
     @override
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -150,6 +150,7 @@ class _Sequences(Dataset[dict[str, torch.Tensor]]):
     def __len__(self) -> int:
         return len(self.tokens)
 
+    @override
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {"input_ids": self.tokens[index]}
 
