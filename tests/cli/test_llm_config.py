@@ -15,7 +15,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [
     pytest.mark.timeout(200),
-    pytest.mark.skipif(not __import__("importlib").util.find_spec("transformers"), reason="demo extra"),
+    pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="pip install fts-dist[demo]"),
 ]
 
 
