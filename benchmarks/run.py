@@ -20,6 +20,7 @@ import torch
 
 from benchmarks import (
     deepspeed_costs,
+    export_memory,
     frozen_batchnorm,
     memory_budget,
     overhead_and_peers,
@@ -39,6 +40,7 @@ SECTIONS = {
     "batchnorm": frozen_batchnorm,
     "scaling": transition_scaling,
     "budget": memory_budget,
+    "export": export_memory,
 }
 PREFACE = (
     "Written by `python -m benchmarks.run --markdown BENCHMARKS.md` (after `pip install -e '.[bench]'`); "
