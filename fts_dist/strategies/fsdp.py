@@ -22,8 +22,7 @@ class FSDPStrategy(pl.strategies.FSDPStrategy):
     phase transitions want); a full state dict on CPU crashed in ``state_dict()`` (SIGSEGV, torch 2.13) and is
     refused there.
 
-    Args:
-        state_dict_type: ``"sharded"`` (default) or ``"full"`` (GPU only). Other arguments are Lightning's.
+    It takes Lightning's arguments; ``state_dict_type`` is ``"sharded"`` unless you pass ``"full"`` (GPU only).
 
     Example::
 

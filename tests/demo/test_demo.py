@@ -51,7 +51,7 @@ def test_demo_runs_the_three_phases_and_reports_them(tmp_path: Path) -> None:
 @pytest.mark.distributed
 @pytest.mark.timeout(420)
 def test_the_demo_command_runs_unchanged_under_torchrun_on_two_processes(tmp_path: Path) -> None:
-    """The README's `torchrun --nproc_per_node 2 $(which fts-dist) demo`, cut to 4 epochs: both transitions re-wrap
+    """The documented `torchrun --nproc_per_node 2 $(which fts-dist) demo`, cut to 4 epochs: both transitions re-wrap
     DDP around the pretrained encoder, and the replica check compares every weight across ranks at each one."""
     fts_dist_script = shutil.which("fts-dist", path=str(Path(sys.executable).parent))
     assert fts_dist_script, "the fts-dist console script is installed beside this Python"
