@@ -31,7 +31,7 @@ def on_files(files: Files, config: Any) -> Files:
 
 def cli_reference() -> str:
     """Every ``fts-dist`` command's ``--help``, as the installed parsers print it."""
-    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal: a fixed width, whatever builds the site
+    os.environ["COLUMNS"] = "80"  # argparse wraps to the terminal: a width that fits the page, whatever builds it
     from fts_dist.cli import _build_parser
 
     lines = [
