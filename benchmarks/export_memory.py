@@ -2,8 +2,8 @@
 
 A checkpoint several times larger than its largest shard is written as FSDP2 writes one (a ``torch.distributed
 .checkpoint`` directory, the model under ``state_dict.``) and as one file; each export runs in a fresh process,
-whose peak resident memory (``ru_maxrss``) is compared with a process that only imports the same modules (the
-baseline) and with a whole-model export in the same session (every tensor read into memory, then one safetensors
+whose own memory (``RssAnon``) is sampled and compared with where it stood after its imports, and with a
+whole-model export in the same session (every tensor read into memory, then one safetensors
 file: what single-process consolidation tools do).
 
     python -m benchmarks.export_memory [--quick]
@@ -22,7 +22,20 @@ import torch
 from benchmarks.common import ROOT, Section, markdown_table
 
 TENSOR_MIB = 16
-_PEAK = "import resource; print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+_SAMPLER = """
+import threading, time
+def _anon():
+    with open('/proc/self/status') as status:
+        return next(int(line.split()[1]) for line in status if line.startswith('RssAnon'))
+_peak, _done = [0], threading.Event()
+def _sample():
+    while not _done.is_set():
+        _peak[0] = max(_peak[0], _anon())
+        time.sleep(0.001)
+_start = _anon()
+threading.Thread(target=_sample, daemon=True).start()
+"""
+_REPORT = "_done.set(); time.sleep(0.01); print('PEAK', max(_peak[0], _anon()) - _start)"
 _IMPORTS = "import torch, torch.distributed.checkpoint, safetensors.torch, fts_dist.export"
 
 
@@ -39,9 +52,11 @@ def write_checkpoints(directory: Path, tensors: int) -> tuple[Path, Path]:
     return sharded, single
 
 
-def peak_mib(code: str) -> float:
-    """Peak resident memory of a fresh Python process running ``code``, in MiB."""
-    done = subprocess.run([sys.executable, "-c", f"{code}\n{_PEAK}"], capture_output=True, text=True, cwd=ROOT)
+def peak_mib(imports: str, code: str) -> float:
+    """How far a fresh Python process's own memory (``RssAnon``: not shared libraries, not mapped files) rises
+    above where it stood after ``imports`` while it runs ``code``, sampled every millisecond; in MiB."""
+    program = f"{imports}\n{_SAMPLER}\n{code}\n{_REPORT}"
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-3000:])
     line = next(line for line in done.stdout.splitlines() if line.startswith("PEAK"))
@@ -49,18 +64,22 @@ def peak_mib(code: str) -> float:
 
 
 def measure(checkpoint: Path, out: Path, shard_mib: int) -> dict[str, float]:
-    baseline = peak_mib(_IMPORTS)
+    imports = "\n".join(
+        (
+            _IMPORTS,
+            "from fts_dist.export import export_checkpoint",
+            "from fts_dist.export.sources import open_checkpoint",
+        )
+    )
     streamed = peak_mib(
-        f"{_IMPORTS}\nfrom fts_dist.export import export_checkpoint\n"
-        f"export_checkpoint({str(checkpoint)!r}, {str(out / 'streamed')!r}, max_shard_size='{shard_mib}MiB')"
+        imports, f"export_checkpoint({str(checkpoint)!r}, {str(out / 'streamed')!r}, max_shard_size='{shard_mib}MiB')"
     )
     whole = peak_mib(
-        f"{_IMPORTS}\nfrom fts_dist.export.sources import open_checkpoint\n"
-        f"source = open_checkpoint({str(checkpoint)!r})\n"
-        f"weights = source.read(list(source.tensors))\n"
-        f"safetensors.torch.save_file(weights, {str(out / 'whole.safetensors')!r})"
+        imports,
+        f"source = open_checkpoint({str(checkpoint)!r})\nweights = source.read(list(source.tensors))\n"
+        f"safetensors.torch.save_file(weights, {str(out / 'whole.safetensors')!r})",
     )
-    return {"baseline": baseline, "streamed": streamed - baseline, "whole": whole - baseline}
+    return {"streamed": streamed, "whole": whole}
 
 
 def run(quick: bool, work: Path) -> list[Section]:
@@ -87,7 +106,7 @@ def run(quick: bool, work: Path) -> list[Section]:
             "checkpoint",
             "weights MiB",
             "shard MiB",
-            "export peak MiB over baseline",
+            "export peak MiB",
             "whole-model peak MiB",
             "export peak / shard",
             "export / whole",
@@ -96,10 +115,10 @@ def run(quick: bool, work: Path) -> list[Section]:
     )
     note = (
         f"{tensors} fp32 tensors of {TENSOR_MIB} MiB, exported as safetensors shards of at most {shard_mib} MiB "
-        "(`fts-dist export --max-shard-size`), each export in a fresh process; peak resident memory (`ru_maxrss`) "
-        "over a process that imports the same modules and does nothing. Whole-model: the same reader, every tensor "
-        "at once, one file. The one-file checkpoint is memory-mapped: the pages an export has read count as "
-        "resident until the kernel reclaims them, though they are the page cache's, not the process's own."
+        "(`fts-dist export --max-shard-size`), each export in a fresh process: the peak of the process's own "
+        "memory (`RssAnon`, sampled every millisecond: not shared libraries, not memory-mapped checkpoint pages, "
+        "which are the page cache's) above where it stood after its imports. Whole-model: the same reader, every "
+        "tensor at once, then one file."
     )
     return [Section("(k) Export memory: a shard at a time", f"{table}\n\n{note}")]
 
