@@ -51,16 +51,24 @@ def fit_one_process(
     return counter
 
 
+@pytest.fixture(autouse=True)
+def environment_as_it_was():
+    """Lightning's DDP and DeepSpeed on one device export LOCAL_RANK, NODE_RANK, RANK, WORLD_SIZE and
+    MASTER_ADDR/PORT into this process: put the environment back after every test here, or later launches (and the
+    SLURM script's test) would think they were launched. (DeepSpeed's process group stays: DeepSpeed keeps it for
+    the process's lifetime.)"""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture
 def one_rank_process_group():
-    """Lightning's DDP on one device initialises a process group in this process and exports LOCAL_RANK,
-    WORLD_SIZE and MASTER_PORT: both are undone afterwards, or later launches would think they were launched."""
-    saved = dict(os.environ)
+    """Lightning's DDP on one device initialises a process group in this process: destroyed afterwards."""
     yield
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 def with_epochs(schedule: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
