@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import torch.distributed as dist
@@ -185,11 +186,11 @@ def _write_probe(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def _all_or_none(comm: Comm, work: object, what: str) -> None:
+def _all_or_none(comm: Comm, work: Callable[[], object], what: str) -> None:
     """Collective: run ``work`` on every rank; raise on every rank if it failed on any."""
     problem = None
     try:
-        work()  # type: ignore[operator]
+        work()
     except OSError as err:
         problem = f"{type(err).__name__}: {err}"
     failed = [(rank, message) for rank, message in enumerate(comm.all_gather(problem)) if message]

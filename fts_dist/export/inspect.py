@@ -70,7 +70,7 @@ def inspect_checkpoint(path: str | Path) -> Summary:
         trainable=trainable,
         groups=list(state.get("optimizer_groups") or []),
         tensors=len(source.tensors),
-        parameters=sum(int(_numel(info.shape)) for info in source.tensors.values()),
+        parameters=sum(info.numel for info in source.tensors.values()),
         size_bytes=sum(f.stat().st_size for f in source.files()),
     )
 
@@ -85,13 +85,6 @@ def _strategy(source: Any) -> str:
 
 def _numbered(phases: dict[Any, Any]) -> dict[int, dict[str, Any]]:
     return {int(k): v for k, v in phases.items()}
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
 
 
 def _human(size: float) -> str:

@@ -26,14 +26,22 @@ def clean_name(name: str) -> str:
     return name
 
 
+def persistent_buffers(submodule: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """``submodule``'s own buffers that ``state_dict()`` holds (not those registered with ``persistent=False``)."""
+    return [
+        (name, buffer)
+        for name, buffer in submodule.named_buffers(recurse=False)
+        if buffer is not None and name not in submodule._non_persistent_buffers_set
+    ]
+
+
 def persistent_buffer_names(module: torch.nn.Module) -> list[str]:
-    """The buffers ``module.state_dict()`` holds (not those registered with ``persistent=False``)."""
-    names = []
-    for prefix, submodule in module.named_modules():
-        for name, buffer in submodule.named_buffers(recurse=False):
-            if buffer is not None and name not in submodule._non_persistent_buffers_set:
-                names.append(clean_name(f"{prefix}.{name}" if prefix else name))
-    return names
+    """The buffers ``module.state_dict()`` holds, by their full names (wrappers removed)."""
+    return [
+        clean_name(f"{prefix}.{name}" if prefix else name)
+        for prefix, submodule in module.named_modules()
+        for name, _ in persistent_buffers(submodule)
+    ]
 
 
 def model_names(parameter_names: Iterable[str], module: torch.nn.Module) -> dict[str, list[str]]:
@@ -44,10 +52,8 @@ def model_names(parameter_names: Iterable[str], module: torch.nn.Module) -> dict
 
 def recorded_model_names(metadata: Mapping[str, Any]) -> dict[str, list[str]] | None:
     """The names a checkpoint's scheduler state recorded, if any (``metadata``: the checkpoint without tensors)."""
-    for key, state in (metadata.get("callbacks") or {}).items():
-        if "FinetuningScheduler" in str(key) and isinstance(state, dict) and "model_names" in state:
-            return dict(state["model_names"])
-    return None
+    state = scheduler_state(metadata)
+    return dict(state["model_names"]) if state is not None and "model_names" in state else None
 
 
 def scheduler_state(metadata: Mapping[str, Any]) -> dict[str, Any] | None:

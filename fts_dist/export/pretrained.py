@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from fts_dist.errors import ExportError
-from fts_dist.export.names import clean_name
+from fts_dist.export.names import clean_name, persistent_buffers
 from fts_dist.export.shards import INDEX_NAME
 
 _SHOWN = 10
@@ -127,12 +127,8 @@ def _targets(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     seen: set[int] = set()  # by identity: meta tensors all report data_ptr() 0
     for prefix, submodule in module.named_modules():
         where = f"{prefix}." if prefix else ""
-        held = [*submodule.named_parameters(recurse=False)]
-        held += [
-            (n, b) for n, b in submodule.named_buffers(recurse=False) if n not in submodule._non_persistent_buffers_set
-        ]
-        for name, tensor in held:
-            if tensor is not None and id(tensor) not in seen:
+        for name, tensor in [*submodule.named_parameters(recurse=False), *persistent_buffers(submodule)]:
+            if id(tensor) not in seen:
                 seen.add(id(tensor))
                 targets[clean_name(where + name)] = tensor
     return targets

@@ -36,8 +36,13 @@ class TensorInfo:
     dtype: torch.dtype
 
     @property
-    def nbytes(self) -> int:
-        return int(torch.Size(self.shape).numel()) * torch.empty((), dtype=self.dtype).element_size()
+    def numel(self) -> int:
+        return int(torch.Size(self.shape).numel())
+
+    def nbytes(self, cast: torch.dtype | None = None) -> int:
+        """Its size in bytes, or once cast to ``cast`` (floating tensors only are cast)."""
+        dtype = cast if cast is not None and self.dtype.is_floating_point else self.dtype
+        return self.numel * torch.empty((), dtype=dtype).element_size()
 
 
 class CheckpointSource:

@@ -63,11 +63,14 @@ def export_checkpoint(
     config = _hf_config(hf_config) if format == "hf" else None
     source = open_checkpoint(checkpoint)
     renamed = _renamed(list(source.tensors), strip_prefix)
-    if config is not None and config.get("tie_word_embeddings", True):
-        source.tensors = {n: info for n, info in source.tensors.items() if renamed[n] != "lm_head.weight"}
+    tied_head = config is not None and config.get("tie_word_embeddings", True)  # from_pretrained ties it again
     result = Export(unchecked=_check_coverage(source, strip_prefix) is None)
     cast = DTYPES[dtype] if dtype else None
-    sizes = {name: _cast_size(source, name, cast) for name in source.tensors}
+    sizes = {
+        name: info.nbytes(cast)
+        for name, info in source.tensors.items()
+        if not (tied_head and renamed[name] == "lm_head.weight")
+    }
     out = Path(out)
     single = out.suffix in (".safetensors", ".pt", ".bin") and format != "hf"
     shards = plan_shards(sizes, sum(sizes.values()) + 1 if single or format == "torch" else parse_size(max_shard_size))
@@ -82,7 +85,7 @@ def export_checkpoint(
         directory = out
     for names, file in zip(shards, files, strict=True):
         tensors = {renamed[name]: _cast(tensor, cast) for name, tensor in source.read(names).items()}
-        shard_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        shard_bytes = sum(sizes[name] for name in names)
         _write(tensors, directory / file, format)
         del tensors
         result.files.append(directory / file)
@@ -137,13 +140,6 @@ def _renamed(names: list[str], strip_prefix: str | None) -> dict[str, str]:
     if clashes:
         raise ExportError(f"stripping {strip_prefix!r} makes two tensors share a name; strip a longer prefix")
     return renamed
-
-
-def _cast_size(source: CheckpointSource, name: str, cast: torch.dtype | None) -> int:
-    info = source.tensors[name]
-    if cast is None or not info.dtype.is_floating_point:
-        return info.nbytes
-    return int(torch.Size(info.shape).numel()) * torch.empty((), dtype=cast).element_size()
 
 
 def _cast(tensor: torch.Tensor, cast: torch.dtype | None) -> torch.Tensor:
