@@ -39,6 +39,7 @@ from fts_dist.export.names import model_names
 from fts_dist.log import logger, rank_zero_info
 from fts_dist.optim.param_groups import GroupSettings
 from fts_dist.optim.reinit import check_new_lr_schedulers, check_reinit_classes
+from fts_dist.runtime.clean_exit import leave_process_group_at_exit
 from fts_dist.runtime.liveness import RankLiveness
 from fts_dist.runtime.preemption import PreemptedStop, signal_names
 from fts_dist.schedule import ResolvedSchedule, Schedule, ScheduleSource, load_schedule, write_schedule_file
@@ -289,6 +290,7 @@ class FinetuningScheduler(Callback):
             callbacks.append(StallMarks(self.stall_timeout, lambda: self.curr_depth))  # the watchdog's marks
         if self.stop_signals and not any(isinstance(c, CoordinatedStop) for c in callbacks):
             callbacks.append(CoordinatedStop(self.stop_signals, self.checkpoint))
+        leave_process_group_at_exit()  # a preempted stop ends with exit code 85, not gloo's abort at exit
         ranks = self._liveness.start(self.adapter.comm, trainer.local_rank)
         if ranks:
             rank_zero_info(ranks)

@@ -9,6 +9,8 @@ strategy internals:
 - :mod:`~fts_dist.runtime.elastic`: a fresh rendezvous namespace for every torchrun restart attempt.
 - :mod:`~fts_dist.runtime.fallback`: a multi-device config fitted to the devices this machine has (pure logic;
   which strategy needs a GPU comes from the adapter registry).
+- :mod:`~fts_dist.runtime.clean_exit`: the default gloo process group is destroyed before interpreter teardown,
+  which otherwise aborts some exits after a successful run.
 - :mod:`~fts_dist.runtime.liveness`: a rank whose launcher died ends instead of waiting in a collective, and a
   failing rank can say which peers are gone.
 """

@@ -73,16 +73,16 @@ def start(
     out: Path,
     world: int,
     *args: str,
-    kill_after_publish: float | None = None,
+    kill_after_epoch: tuple[int, float] | None = None,
     signal_after_publish: tuple[int | None, signal.Signals] | None = None,
     timeout_s: float = START_TIMEOUT_S,
     **kwargs: Any,
 ) -> Attempt:
     """One start of the job, bounded by ``timeout_s`` (a job still running then fails the test). With
-    ``kill_after_publish``, it and all its descendants are SIGKILLed (a preemption) that many seconds after this
-    start published its first checkpoint to resume from (``resume/last.ckpt`` replaced), or at once if it ends
-    first. With ``signal_after_publish=(rank, signal)``, that rank alone (the launcher, for None) gets the signal
-    then, and the start runs on to its end."""
+    ``kill_after_epoch=(epoch, seconds)``, it and all its descendants are SIGKILLed (a preemption) that many seconds
+    after this start published a checkpoint to resume from (``resume/last.ckpt`` replaced) of that epoch or a later
+    one. With ``signal_after_publish=(rank, signal)``, that rank alone (the launcher, for None) gets the signal once
+    this start published its first checkpoint, and the start runs on to its end."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     for leaked in ("MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "RANK", "WORLD_SIZE"):
         env.pop(leaked, None)  # an in-process Lightning run set them; torchrun binds port 0
@@ -95,14 +95,17 @@ def start(
             command(out, world, *args, **kwargs), env=env, stdout=sink, stderr=subprocess.STDOUT, text=True,
             start_new_session=True,
         )  # fmt: skip
-        killed = False
+        killed, seen = False, before
         deadline = started + timeout_s
         while proc.poll() is None and time.monotonic() < deadline:
-            published = _version(last) not in (None, before)
-            if kill_after_publish is not None and published:
-                time.sleep(kill_after_publish)
-                killed = proc.poll() is None
-                break
+            version = _version(last)
+            published = version not in (None, before)
+            if kill_after_epoch is not None and published and version != seen:
+                seen = version
+                if _epoch(last) >= kill_after_epoch[0]:
+                    time.sleep(kill_after_epoch[1])
+                    killed = proc.poll() is None
+                    break
             if signal_after_publish is not None and published:
                 signal_rank(proc.pid, *signal_after_publish)
                 signal_after_publish = None
@@ -194,6 +197,11 @@ def _version(path: Path) -> tuple[int, int] | None:
     return stat.st_ino, stat.st_mtime_ns
 
 
+def _epoch(path: Path) -> int:
+    """The epoch a published checkpoint was saved in (published by an atomic rename: never read half-written)."""
+    return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
+
+
 def kill_tree(pid: int) -> None:
     """SIGKILL a process and all its descendants, as a node preemption does (torchrun's workers run in sessions
     of their own, so the process group alone would miss them)."""
@@ -215,15 +223,16 @@ def finished(out: Path) -> bool:
     return (out / "final-rank0.pt").exists()
 
 
-def run_with_random_kills(out: Path, world: int, seed: int, kills: int = 3) -> Campaign:
-    """SIGKILL the job ``kills`` times, each at a random moment within 2 s after that start published a checkpoint
-    to resume from (mid-epoch, in a transition or in the next checkpoint write), resuming each time; then let the
-    last start finish."""
+def run_with_random_kills(out: Path, world: int, seed: int, kills: int = 3, epochs: int = 8) -> Campaign:
+    """SIGKILL the job ``kills`` times, resuming each time, then let the last start finish. Each kill lands at a
+    random moment within one epoch's time (0.6 s) after the job published the checkpoint of a randomly drawn epoch
+    (mid-epoch, in a transition or in the next checkpoint write); the drawn epochs grow and leave the last two of
+    ``epochs`` alone, so every kill lands before the run's end however fast this machine is."""
     rng = random.Random(seed)
     campaign = Campaign()
-    for _ in range(kills):
-        campaign.attempts.append(start(out, world, kill_after_publish=rng.uniform(0.0, 2.0)))
-        if finished(out):  # a resumed start has less to do, and can end before its kill
+    for epoch in sorted(rng.sample(range(epochs - 2), kills)):
+        campaign.attempts.append(start(out, world, kill_after_epoch=(epoch, rng.uniform(0.0, 0.6))))
+        if finished(out):  # only where a machine runs an epoch in under the drawn moment; the test then fails
             break
     if not finished(out):
         campaign.attempts.append(start(out, world))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,3 +69,24 @@ def test_torchruns_agent_forwards_the_stop_signals_on_top_of_its_own() -> None:
         "TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
     }
     assert agent_environment({"FTS_DIST_STOP_SIGNALS": "SIGUSR1", "TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGTERM"}) == {}
+
+
+def test_the_gloo_process_group_is_destroyed_at_exit_before_interpreter_teardown(tmp_path) -> None:
+    """An atexit hook registered first runs last: it sees the group already gone, and the exit code is the run's."""
+    script = tmp_path / "exit.py"
+    script.write_text(
+        "import atexit, sys, torch.distributed as dist\n"
+        "from fts_dist.runtime.clean_exit import leave_process_group_at_exit\n"
+        "atexit.register(lambda: print('up at teardown:', dist.is_initialized(), flush=True))\n"
+        "dist.init_process_group('gloo', init_method=f'file://{sys.argv[1]}', rank=0, world_size=1)\n"
+        "leave_process_group_at_exit()\n"
+        "leave_process_group_at_exit()  # once per process however often it is asked\n"
+        "raise SystemExit(85)\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "rendezvous")],
+        capture_output=True, text=True, timeout=120, env=env, cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert done.returncode == 85, done.stderr[-2000:]
+    assert "up at teardown: False" in done.stdout, done.stdout + done.stderr[-2000:]
