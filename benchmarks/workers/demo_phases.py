@@ -23,6 +23,7 @@ import torch
 from fts_dist import FinetuningScheduler, FTSCheckpoint
 from fts_dist.demo.data import TOPICS, BBCNewsDataModule
 from fts_dist.demo.model import TextClassifier, pretrained_model_path
+from fts_dist.runtime.clean_exit import leave_process_group
 
 SCHEDULE: dict[int, dict[str, Any]] = {
     0: {"params": ["head.weight", "head.bias"], "max_transition_epoch": 1},
@@ -90,9 +91,7 @@ def freeze_to_depth(model: torch.nn.Module, depth: int) -> None:
 
 def finish_distributed_worker() -> None:
     """Leave the process group together and exit without interpreter teardown (gloo can abort there)."""
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    leave_process_group()
     os._exit(0)
 
 

@@ -10,6 +10,7 @@ from pytorch_lightning.cli import LightningCLI
 from typing_extensions import override
 
 from fts_dist.adapters import strategy_needs_gpu
+from fts_dist.runtime.clean_exit import leave_process_group
 from fts_dist.runtime.elastic import init_process_group_for_attempt
 from fts_dist.runtime.fallback import DeviceRequest, plan_devices, under_a_launcher
 
@@ -41,6 +42,4 @@ def run_fit(args: Sequence[str]) -> None:
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
     )
-    if torch.distributed.is_initialized():  # gloo can abort at interpreter exit with a live process group
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    leave_process_group()

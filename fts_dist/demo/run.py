@@ -22,6 +22,7 @@ from pytorch_lightning.strategies import ModelParallelStrategy
 
 from fts_dist.callbacks import FinetuningScheduler, FTSCheckpoint, FTSEarlyStopping
 from fts_dist.demo.progress import FTSProgressBar, PhaseSummary
+from fts_dist.runtime.clean_exit import leave_process_group
 from fts_dist.runtime.elastic import init_process_group_for_attempt
 from fts_dist.schedule import generate_block_schedule
 from fts_dist.strategies import DeepSpeedStrategy, FSDPStrategy
@@ -177,9 +178,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     started = time.perf_counter()
     trainer.fit(model, datamodule=data)
     seconds = time.perf_counter() - started
-    if torch.distributed.is_initialized():  # gloo can abort at interpreter exit with a live process group
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    leave_process_group()
     best = max((row.best for row in summary.rows if row.best is not None), default=float("nan"))
     return DemoResult(
         mode=config.mode,
