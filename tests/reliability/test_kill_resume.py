@@ -37,7 +37,7 @@ def assert_same_weights(got: dict[str, torch.Tensor], expected: dict[str, torch.
         torch.testing.assert_close(got[name], value, rtol=0, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize(("world", "seed"), [(1, 0), (1, 1), (1, 2), (2, 3), (2, 4)])
+@pytest.mark.parametrize(("world", "seed"), [(1, 0), (1, 1), (2, 3)])
 def test_random_sigkills_then_resume_end_with_the_uninterrupted_weights(
     tmp_path: Path, uninterrupted, world: int, seed: int
 ) -> None:

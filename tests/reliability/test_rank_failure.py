@@ -21,8 +21,18 @@ pytestmark = [pytest.mark.distributed, pytest.mark.timeout(300)]
 ENDS_WITHIN_S = 150  # without fts_dist's handling a dead peer leaves the others waiting 30 minutes
 
 
-@pytest.mark.parametrize("launcher", ["torchrun", "lightning"])
-@pytest.mark.parametrize(("rank", "how"), [(1, "raise"), (1, "kill"), (0, "raise"), (0, "kill")])
+# Every pair of launcher, rank and failure runs (an orthogonal array of four), and under Lightning's launcher both
+# kills, since each takes its own path: the launcher (rank 0) names a dead rank 1; rank 1 notices it is orphaned.
+FAILURES = [
+    ("torchrun", 0, "raise"),
+    ("torchrun", 1, "kill"),
+    ("lightning", 1, "raise"),
+    ("lightning", 0, "kill"),
+    ("lightning", 1, "kill"),
+]
+
+
+@pytest.mark.parametrize(("launcher", "rank", "how"), FAILURES, ids=["-".join(map(str, f)) for f in FAILURES])
 def test_a_failing_rank_ends_the_job_and_is_named(tmp_path: Path, launcher: str, rank: int, how: str) -> None:
     args = ("--die-at-epoch", "2", "--rank", str(rank), "--how", how)
     attempt = start(tmp_path, 2, *args, launcher=launcher, timeout_s=ENDS_WITHIN_S)  # raises if it does not end
