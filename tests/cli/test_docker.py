@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = sorted((ROOT / "docker").glob("Dockerfile.*"))
-# the test extra installs hadolint beside the interpreter, which is on PATH only in an activated environment
+# the extras install console scripts (hadolint, fts-dist) beside the interpreter, on PATH only in an active venv
 BESIDE_PYTHON = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 HADOLINT = shutil.which("hadolint", path=BESIDE_PYTHON)
 
@@ -38,7 +38,7 @@ def test_images_pin_versions_and_run_as_a_user(dockerfile: Path) -> None:
 
 def entrypoint(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "PET_"))}
-    base.update(PATH=f"{Path(sys.executable).parent}:{base['PATH']}", **env)
+    base.update(PATH=BESIDE_PYTHON, **env)
     for name in ("WORLD_SIZE", "RANK", "NNODES", "NODE_RANK", "NPROC_PER_NODE"):
         if name not in env:
             base.pop(name, None)
